@@ -1,0 +1,46 @@
+"""Loading a target and its GRIFFIN drafter together, with the cross-checks between them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .drafter import DraftStep, GriffinDrafter, load_drafter
+from .target import TORCH_DTYPES, TargetModel, load_target
+
+
+@dataclass
+class ModelPair:
+    target: TargetModel
+    drafter: GriffinDrafter
+    draft_step: DraftStep
+
+
+def load_pair(
+    target_dir: str | Path, drafter_dir: str | Path, top_k: int, dtype: str = "float32", device: str = "cpu"
+) -> ModelPair:
+    target = load_target(target_dir, dtype=dtype, device=device)
+    drafter = load_drafter(
+        drafter_dir,
+        target_hidden_size=target.hidden_size,
+        target_vocab_size=target.vocab_size,
+        target_embedding=target.embed_tokens.weight.detach(),
+        dtype=TORCH_DTYPES[dtype],
+        device=device,
+    )
+    return ModelPair(target, drafter, DraftStep(drafter, target.lm_head, top_k))
+
+
+def load_tokenizer(folder: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("the recipe asks for device 'cuda' but torch sees no CUDA GPU")
+    return torch.device(device)

@@ -1,0 +1,235 @@
+"""Build recipes: `build/<name>.toml`, the one place a deployment is described.
+
+Every other part (runtime, builders, Triton configs, clients) receives the parsed `Recipe`;
+nothing re-types a tree parameter, a dtype or a length limit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DTYPES = ("float32", "float16", "bfloat16")
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class RecipeError(ValueError):
+    """A build recipe that cannot be used, with the reason and the file it came from."""
+
+
+@dataclass(frozen=True)
+class TreeConfig:
+    """EAGLE-2 style dynamic draft tree (GRIFFIN's defaults: top_k 10, depth 5, total_tokens 60).
+
+    `total_tokens` counts the root (the last accepted token) plus the drafted nodes, so the target
+    verifies `total_tokens` positions per step. `choices` turns the dynamic tree into a static one
+    (Medusa/EAGLE-1 choice paths: each path lists child ranks from the root).
+    """
+
+    top_k: int = 10
+    depth: int = 5
+    total_tokens: int = 60
+    choices: tuple[tuple[int, ...], ...] | None = None
+
+    @property
+    def max_accept(self) -> int:
+        """Most tokens one verify step can emit: the drafted path plus the bonus token."""
+        return (max(len(c) for c in self.choices) if self.choices else self.depth + 1) + 1
+
+    @property
+    def tree_size(self) -> int:
+        """Positions the target verifies per step (root included)."""
+        return len(self.choices) + 1 if self.choices else self.total_tokens
+
+    @property
+    def drafter_slots(self) -> int:
+        """Drafter KV entries one round of drafting writes beyond the accepted context."""
+        if self.choices:
+            return len(self.choices)
+        return self.depth * self.top_k
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_batch: int = 1
+    max_input_len: int = 512
+    max_output_len: int = 256
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.max_input_len + self.max_output_len
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    target: Path
+    drafter: Path
+    tokenizer: Path
+    dtype: str = "float32"
+    backend: str = "onnxruntime"
+    device: str = "auto"
+    output_dir: Path = Path("engines/demo")
+    fp8: bool = False
+    tree: TreeConfig = field(default_factory=TreeConfig)
+    limits: Limits = field(default_factory=Limits)
+    source: Path | None = None
+
+    # KV capacities are derived here, once, so executors, exporters and engines agree on them.
+    @property
+    def target_kv_len(self) -> int:
+        return self.limits.max_seq_len + self.tree.tree_size
+
+    @property
+    def drafter_kv_len(self) -> int:
+        return self.limits.max_seq_len + self.tree.max_accept + self.tree.drafter_slots
+
+    def to_dict(self) -> dict[str, Any]:
+        def conv(v: Any) -> Any:
+            if isinstance(v, Path):
+                return str(v)
+            if dataclasses.is_dataclass(v):
+                return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            if isinstance(v, tuple):
+                return [conv(x) for x in v]
+            return v
+
+        return conv(self)
+
+
+_SCHEMA: dict[str, set[str]] = {
+    "": {"name", "model", "tree", "limits", "build"},
+    "model": {"target", "drafter", "tokenizer", "dtype"},
+    "tree": {"top_k", "depth", "total_tokens", "choices"},
+    "limits": {"max_batch", "max_input_len", "max_output_len"},
+    "build": {"backend", "device", "output_dir", "fp8"},
+}
+
+
+def _check_keys(section: str, table: dict[str, Any], where: Path | str) -> None:
+    unknown = sorted(set(table) - _SCHEMA[section])
+    if unknown:
+        label = f"[{section}]" if section else "top level"
+        allowed = ", ".join(sorted(_SCHEMA[section]))
+        raise RecipeError(f"{where}: unknown key(s) {unknown} in {label}; allowed: {allowed}")
+
+
+def _int(table: dict[str, Any], key: str, default: int, lo: int, hi: int, where: Any) -> int:
+    v = table.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise RecipeError(f"{where}: {key} must be an integer, got {v!r}")
+    if not lo <= v <= hi:
+        raise RecipeError(f"{where}: {key} = {v} is out of range [{lo}, {hi}]")
+    return v
+
+
+def _choice(table: dict[str, Any], key: str, default: str, allowed: tuple[str, ...], where: Any) -> str:
+    v = table.get(key, default)
+    if v not in allowed:
+        raise RecipeError(f"{where}: {key} = {v!r} is not one of {list(allowed)}")
+    return v
+
+
+def _path(v: Any, key: str, base: Path, where: Any, must_exist: bool) -> Path:
+    if not isinstance(v, str) or not v:
+        raise RecipeError(f"{where}: {key} must be a non-empty path string")
+    p = Path(v).expanduser()
+    p = p if p.is_absolute() else (base / p)
+    p = p.resolve()
+    if must_exist and not p.exists():
+        raise RecipeError(f"{where}: {key} = {v!r} does not exist (resolved to {p})")
+    return p
+
+
+def parse_tree(t: dict[str, Any], where: Any = "tree") -> TreeConfig:
+    top_k = _int(t, "top_k", 10, 1, 64, where)
+    depth = _int(t, "depth", 5, 1, 16, where)
+    total = _int(t, "total_tokens", 60, 2, 1024, where)
+    choices = t.get("choices")
+    if choices is not None:
+        if not isinstance(choices, list) or not choices:
+            raise RecipeError(f"{where}: choices must be a non-empty list of paths like [[0], [0, 1]]")
+        paths = []
+        for c in choices:
+            if not isinstance(c, list) or not c or not all(isinstance(r, int) and 0 <= r < top_k for r in c):
+                raise RecipeError(f"{where}: choice {c!r} must be a non-empty list of ranks in [0, top_k)")
+            paths.append(tuple(c))
+        known = set(paths)
+        for p in paths:
+            if len(p) > 1 and p[:-1] not in known:
+                raise RecipeError(f"{where}: choice {list(p)} has no parent path {list(p[:-1])}")
+        if len(known) != len(paths):
+            raise RecipeError(f"{where}: choices contain duplicate paths")
+        choices = tuple(sorted(paths, key=lambda p: (len(p), p)))
+    else:
+        max_nodes = top_k + depth * top_k * top_k
+        if total - 1 > max_nodes:
+            raise RecipeError(
+                f"{where}: total_tokens = {total} needs {total - 1} draft nodes but top_k={top_k}, "
+                f"depth={depth} produce at most {max_nodes}"
+            )
+    return TreeConfig(top_k=top_k, depth=depth, total_tokens=total, choices=choices)
+
+
+def load_recipe(path: str | Path, check_paths: bool = True) -> Recipe:
+    """Parse and validate a recipe. Relative paths resolve against the recipe's own folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"{path}: not valid TOML: {e}") from e
+    return recipe_from_dict(data, base=path.parent, source=path, check_paths=check_paths)
+
+
+def recipe_from_dict(
+    data: dict[str, Any], base: Path, source: Path | None = None, check_paths: bool = True
+) -> Recipe:
+    where = source or "recipe"
+    _check_keys("", data, where)
+    for section in ("model", "tree", "limits", "build"):
+        if not isinstance(data.get(section, {}), dict):
+            raise RecipeError(f"{where}: [{section}] must be a table")
+        _check_keys(section, data.get(section, {}), where)
+    model = data.get("model", {})
+    for key in ("target", "drafter"):
+        if key not in model:
+            raise RecipeError(f"{where}: [model] {key} is required")
+    target = _path(model["target"], "target", base, where, check_paths)
+    drafter = _path(model["drafter"], "drafter", base, where, check_paths)
+    tokenizer = _path(model.get("tokenizer", model["target"]), "tokenizer", base, where, check_paths)
+    dtype = _choice(model, "dtype", "float32", DTYPES, where)
+
+    tree = parse_tree(data.get("tree", {}), where)
+    lim = data.get("limits", {})
+    limits = Limits(
+        max_batch=_int(lim, "max_batch", 1, 1, 256, where),
+        max_input_len=_int(lim, "max_input_len", 512, 1, 1 << 20, where),
+        max_output_len=_int(lim, "max_output_len", 256, 1, 1 << 20, where),
+    )
+    b = data.get("build", {})
+    name = data.get("name", source.stem if source else "recipe")
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise RecipeError(f"{where}: name {name!r} must be letters, digits, '-' or '_'")
+    fp8 = b.get("fp8", False)
+    if not isinstance(fp8, bool):
+        raise RecipeError(f"{where}: fp8 must be true or false")
+    out = b.get("output_dir", f"../engines/{name}")
+    return Recipe(
+        name=name,
+        target=target,
+        drafter=drafter,
+        tokenizer=tokenizer,
+        dtype=dtype,
+        backend=_choice(b, "backend", "onnxruntime", BACKENDS, where),
+        device=_choice(b, "device", "auto", DEVICES, where),
+        output_dir=_path(out, "output_dir", base, where, False),
+        fp8=fp8,
+        tree=tree,
+        limits=limits,
+        source=source,
+    )

@@ -1,0 +1,26 @@
+"""Executors: how the decoding loop reaches the models (torch, onnxruntime, TensorRT).
+
+The loop never imports a back end directly; `make_executor` picks one by name.
+"""
+from __future__ import annotations
+
+from .base import Executor, ExecutorSpec
+
+
+def make_executor(backend: str, **kwargs) -> Executor:
+    if backend == "torch":
+        from .torch_executor import TorchExecutor
+
+        return TorchExecutor.from_paths(**kwargs)
+    if backend == "onnxruntime":
+        from .ort_executor import OrtExecutor
+
+        return OrtExecutor.from_build_dir(**kwargs)
+    if backend == "tensorrt":
+        from .trt_executor import TrtExecutor
+
+        return TrtExecutor.from_build_dir(**kwargs)
+    raise ValueError(f"unknown backend {backend!r}; choose torch, onnxruntime or tensorrt")
+
+
+__all__ = ["Executor", "ExecutorSpec", "make_executor"]

@@ -1,0 +1,68 @@
+"""The executor interface: three model calls over preallocated caches with static shapes.
+
+All tensors are torch tensors on `spec.device` (an executor over another runtime converts at its
+boundary). Shapes: B = batch rows (fixed by `reset`), T = new tokens this call, S = cache capacity.
+
+- `target_step`: the target over T tokens (prefill: the padded prompt; verify: the draft tree;
+  plain decoding: one token). Writes K/V at `write_index` and attends through `mask`.
+- `draft_step`: one drafter pass with the LM head and top-k inside.
+- `move_target_kv`: after verification, copy the accepted tree entries to their final slots.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    vocab_size: int
+    hidden_size: int
+    top_k: int
+    target_kv_len: int  # S for target masks/write slots
+    drafter_kv_len: int  # S for drafter masks/write slots
+    max_batch: int
+    device: torch.device
+    feature_dtype: torch.dtype  # dtype of the features passed from target_step to draft_step
+
+
+class Executor(ABC):
+    spec: ExecutorSpec
+
+    @abstractmethod
+    def reset(self, batch: int) -> None:
+        """Start a new batch of `batch` rows (<= spec.max_batch); cache contents become irrelevant."""
+
+    @abstractmethod
+    def target_step(
+        self, tokens: torch.Tensor, positions: torch.Tensor, write_index: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens/positions/write_index int64 [B, T]; mask bool [B, T, target_kv_len].
+
+        Returns logits float32 [B, T, V] and final-norm hidden states [B, T, H].
+        """
+
+    @abstractmethod
+    def draft_step(
+        self,
+        features: torch.Tensor,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        write_index: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """features [B, T, H]; tokens/positions/write_index int64 [B, T]; mask bool [B, T, drafter_kv_len].
+
+        Returns top-k log-probabilities float32 [B, T, k], their token ids int64 [B, T, k] (best
+        first) and regressed features [B, T, H].
+        """
+
+    @abstractmethod
+    def move_target_kv(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """For every row b and column j copy target cache slot src[b, j] to dst[b, j] (all layers).
+
+        int64 [B, A]; columns are applied in order, and src[b, j] >= dst[b, j] (entries only move
+        towards the front, so copying in order never overwrites a source still to be read).
+        """
