@@ -1,0 +1,21 @@
+"""Draft trees: the dynamic EAGLE-2 tree GRIFFIN drafts with, static choice trees, acceptance.
+
+`reference` functions are plain torch (batched, static shapes); `kernels` holds the same ops as
+OpenAI-Triton kernels, tested against these.
+"""
+from .accept import greedy_accept, process_logits, sample_accept
+from .dynamic import expand_frontier, select_tree
+from .static import StaticTree
+from .structure import DraftTree, stable_topk, tree_from_parents
+
+__all__ = [
+    "DraftTree",
+    "StaticTree",
+    "expand_frontier",
+    "greedy_accept",
+    "process_logits",
+    "sample_accept",
+    "select_tree",
+    "stable_topk",
+    "tree_from_parents",
+]
