@@ -32,6 +32,10 @@ def process_logits(logits: torch.Tensor, temperature: float, top_p: float = 1.0,
     return torch.softmax(x, dim=-1)
 
 
+def _uniform(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    return torch.rand((), generator=generator, device=device)
+
+
 def _path_to(tree: DraftTree, node: torch.Tensor) -> torch.Tensor:
     """Columns of node's ancestors (root first) [B, max_depth + 1], padded with -1."""
     b, t = tree.tokens.shape
@@ -85,8 +89,7 @@ def sample_accept(
             nxt = None
             for c in children.get(node, ()):
                 x = tokens[r][c]
-                u = torch.rand((), generator=generator, device=dev)
-                if u < p[x]:
+                if _uniform(generator, dev) < p[x]:
                     nxt = c
                     break
                 p[x] = 0.0

@@ -52,8 +52,11 @@ def tree_from_parents(tokens: torch.Tensor, parents: torch.Tensor, depths: torch
     for _ in range(max_depth):
         cur = torch.where(cur > 0, parents.gather(1, cur.clamp(min=0)), cur)
         mask.scatter_(2, cur.clamp(min=0)[..., None], True)
-    is_parent = torch.zeros(b, t, dtype=torch.bool, device=dev)
-    is_parent.scatter_(1, parents.clamp(min=0), parents >= 0)
+    # Count children (scatter_add): a plain scatter_ of `parents >= 0` writes the root's False and its
+    # children's True to column 0, whose order is undefined on CUDA.
+    n_children = torch.zeros(b, t, dtype=torch.long, device=dev)
+    n_children.scatter_add_(1, parents.clamp(min=0), (parents >= 0).long())
+    is_parent = n_children > 0
     is_leaf = ~is_parent
     num_leaves = is_leaf.sum(1)
     # Leaf rows first, in column order (stable sort of a 0/1 key).

@@ -1,0 +1,273 @@
+"""`griffin-trt build`: recipe -> ONNX graphs (+ TensorRT engines on GPU hosts) + tokenizer + manifest.
+
+Everything is built in a temporary folder next to the output (same filesystem) and renamed into
+place only once complete: a failed build leaves the previous output as it was.
+
+Module-level imports stay light (no torch, onnx or transformers) so `griffin-trt --help` is fast.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .manifest import MANIFEST, ManifestError
+
+log = logging.getLogger(__name__)
+
+TARGET_ONNX = "target.onnx"
+DRAFTER_ONNX = "drafter.onnx"
+TOKENIZER_DIR = "tokenizer"
+
+
+class BuildError(RuntimeError):
+    """A build that could not complete; the previous output (if any) is untouched."""
+
+
+def stop_token_ids(target_dir: Path, tokenizer) -> list[int]:
+    """EOS ids: the tokenizer's, and those the target's generation_config / config list."""
+    ids: set[int] = set()
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    for name in ("generation_config.json", "config.json"):
+        f = Path(target_dir) / name
+        if f.is_file():
+            try:
+                eos = json.loads(f.read_text()).get("eos_token_id")
+            except json.JSONDecodeError:
+                continue
+            if eos is not None:
+                ids.update(int(e) for e in (eos if isinstance(eos, list) else [eos]))
+    return sorted(ids)
+
+
+def _check_replaceable(out: Path) -> None:
+    """Never move aside a folder that is not an earlier build (a mistyped --out must not eat data)."""
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"output {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise BuildError(
+            f"refusing to replace {out}: it is not empty and holds no {MANIFEST} (not a griffin-trt build); "
+            "remove it or choose another --out"
+        )
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished build over the output; the old build is kept until the new one is in place."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        old.rmdir()
+        os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.rename(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class _Steps:
+    """A tqdm bar over the named build steps (or plain log lines when progress is off)."""
+
+    def __init__(self, names: list[str], enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=len(names), desc="build", unit="step", file=sys.stderr, leave=True)
+
+    @contextmanager
+    def step(self, name: str):
+        t0 = time.perf_counter()
+        if self.bar is not None:
+            self.bar.set_postfix_str(name)
+        yield
+        log.info("%s: %.1f s", name, time.perf_counter() - t0)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def say(self, msg: str) -> None:
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def build(
+    recipe,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    backend: str | None = None,
+    skip_engines: bool = False,
+    onnx_exporter: str = "dynamo",
+) -> Path:
+    """Build `recipe` into `out_dir` (default: the recipe's output_dir) and return the output folder.
+
+    backend overrides the recipe's; skip_engines builds the ONNX graphs only even where TensorRT is
+    present. onnx_exporter: "dynamo" (default, falls back to "torchscript") or "torchscript".
+    """
+    from ..recipe import BACKENDS
+
+    out = Path(out_dir or recipe.output_dir).expanduser().resolve()
+    backend = backend or recipe.backend
+    if backend not in BACKENDS:
+        raise BuildError(f"backend {backend!r} is not one of {list(BACKENDS)}")
+    _check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output should not be
+    steps = _Steps(
+        ["load models", "export target", "export drafter", "tokenizer", "TensorRT engines", "manifest"], progress
+    )
+    notes: list[str] = []
+    try:
+        with steps.step("load models"):
+            from ..models import load_pair, load_tokenizer
+
+            pair = load_pair(recipe.target, recipe.drafter, top_k=recipe.tree.top_k, dtype=recipe.dtype, device="cpu")
+            vocab_size, hidden_size = pair.target.vocab_size, pair.target.hidden_size
+
+        from .export_onnx import export_drafter, export_target
+
+        tree, lim = recipe.tree, recipe.limits
+        with steps.step("export target"):
+            t_max = max(lim.max_input_len, tree.tree_size, 2)
+            rt = export_target(pair.target, recipe.target_kv_len, tmp / TARGET_ONNX, t_max, prefer=onnx_exporter)
+        with steps.step("export drafter"):
+            d_max = max(lim.max_input_len, tree.max_accept, tree.top_k, tree.drafter_slots, 2)
+            rd = export_drafter(pair.draft_step, recipe.drafter_kv_len, tmp / DRAFTER_ONNX, d_max, prefer=onnx_exporter)
+        notes += rt.notes + rd.notes
+        del pair  # release the weights before TensorRT needs the memory
+
+        with steps.step("tokenizer"):
+            try:
+                tok = load_tokenizer(recipe.tokenizer)
+            except Exception as e:  # noqa: BLE001 - transformers raises many kinds here
+                raise BuildError(f"could not load the tokenizer from {recipe.tokenizer}: {e}") from e
+            tok.save_pretrained(str(tmp / TOKENIZER_DIR))
+            eos = stop_token_ids(recipe.target, tok)
+
+        engines: dict = {}
+        with steps.step("TensorRT engines"):
+            from . import tensorrt_engine
+
+            ok, reason = (False, "--skip-engines") if skip_engines else tensorrt_engine.available()
+            if ok:
+                engines = tensorrt_engine.build_engines(
+                    recipe, tmp, tmp / TARGET_ONNX, tmp / DRAFTER_ONNX, timing_cache=out.parent / ".timing_cache",
+                    log=steps.say,
+                )
+                notes += engines.get("notes", [])
+            else:
+                msg = f"TensorRT not available ({reason}): built ONNX graphs only; the onnxruntime back end serves them"
+                steps.say(msg)
+                notes.append(msg)
+                if backend == "tensorrt":
+                    backend = "onnxruntime"
+                    notes.append("recipe asked for the tensorrt back end; this build serves with onnxruntime")
+
+        with steps.step("manifest"):
+            from .manifest import write_manifest
+
+            files = {
+                "target_onnx": TARGET_ONNX,
+                "drafter_onnx": DRAFTER_ONNX,
+                "target_engine": engines.get("target_engine"),
+                "drafter_engine": engines.get("drafter_engine"),
+                "plugin": engines.get("plugin"),
+                "tokenizer": TOKENIZER_DIR,
+            }
+            hashed = [p.relative_to(tmp).as_posix() for p in rt.files + rd.files]
+            hashed += [v for k, v in files.items() if v and k not in ("target_onnx", "drafter_onnx")]
+            write_manifest(
+                tmp,
+                recipe,
+                backend=backend,
+                vocab_size=vocab_size,
+                hidden_size=hidden_size,
+                eos_token_ids=eos,
+                files=files,
+                hashed=hashed,
+                tensorrt_version=engines.get("tensorrt_version"),
+                gpu=engines.get("gpu"),
+                gpu_capability=engines.get("gpu_capability"),
+                notes=notes,
+            )
+        _check_replaceable(out)  # again: something may have appeared there meanwhile
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        steps.close()
+
+    # The Triton repository points at the final folder, so it is filled after the swap. Its helper
+    # may be absent on a trimmed install; `griffin-trt serve` fills it on demand as well.
+    try:
+        from ..serving.repository import fill_repository
+    except ImportError:
+        log.info("griffin_trt.serving.repository is not available: no triton_repo filled")
+    else:
+        try:
+            fill_repository(recipe, out)
+        except Exception as e:
+            raise BuildError(
+                f"the build in {out} is complete, but filling its Triton repository failed: {e}"
+            ) from e
+    return out
+
+
+# ---------------------------------------------------------------- CLI: griffin-trt build
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "build",
+        help="export ONNX graphs, build TensorRT engines where possible, write the manifest and triton_repo",
+        description="Build a recipe into its output folder (atomically: a failed build keeps the old one).",
+    )
+    p.add_argument("--recipe", type=Path, default=None, help="build recipe (default: build/demo.toml)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: the recipe's output_dir)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default=None,
+                   help="back end recorded for serving (default: the recipe's)")
+    p.add_argument("--skip-engines", action="store_true", help="ONNX graphs only, even where TensorRT is present")
+    p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
+                   help="ONNX exporter tried first (the other one is the fallback)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_build, handler=run_build)
+    return p
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from ..recipe import load_recipe
+
+    recipe_path = args.recipe or Path(__file__).resolve().parents[2] / "build" / "demo.toml"
+    recipe = load_recipe(recipe_path)
+    t0 = time.perf_counter()
+    try:
+        out = build(
+            recipe, args.out, progress=not args.quiet, backend=args.backend, skip_engines=args.skip_engines,
+            onnx_exporter=args.exporter,
+        )
+    except (BuildError, ManifestError) as e:
+        print(f"griffin-trt build: error: {e}", file=sys.stderr)
+        return 1
+    print(f"built {recipe.name} into {out} in {time.perf_counter() - t0:.1f} s")
+    return 0

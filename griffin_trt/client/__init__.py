@@ -1,0 +1,1 @@
+"""gRPC client and benchmark for the griffin Triton models. Light: tritonclient.grpc + numpy, never torch."""

@@ -1,0 +1,286 @@
+"""Executor running the exported ONNX graphs with onnxruntime (CPU; CUDA where its provider exists).
+
+It proves the graphs TensorRT parses: the same `target.onnx` / `drafter.onnx`, the same static
+cache capacities, the same inputs. Caches live as torch tensors bound to the graphs through IO
+binding (no copies at the boundary); each graph returns its updated caches whole, written straight
+into a second buffer, and the two buffers swap after every call.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import onnxruntime as ort
+import torch
+
+from ...builders.manifest import ManifestError, build_file, read_manifest
+from .base import Executor, ExecutorSpec
+
+log = logging.getLogger(__name__)
+
+# onnx.TensorProto element types (ORT's IO binding takes these integers, bfloat16 included).
+_ONNX_TYPE = {torch.float32: 1, torch.int64: 7, torch.bool: 9, torch.float16: 10, torch.bfloat16: 16, torch.int32: 6}
+_TORCH_TYPE = {
+    "tensor(float)": torch.float32,
+    "tensor(float16)": torch.float16,
+    "tensor(bfloat16)": torch.bfloat16,
+    "tensor(int64)": torch.int64,
+    "tensor(int32)": torch.int32,
+    "tensor(bool)": torch.bool,
+}
+
+
+def move_cache_slots_(caches, src: torch.Tensor, dst: torch.Tensor, slot_dim: int, batch_dim: int) -> None:
+    """Copy slot src[b, j] to dst[b, j] in every cache, column by column (see Executor.move_target_kv)."""
+    for cache in caches:
+        for j in range(src.shape[1]):
+            shape = [1] * cache.dim()
+            shape[batch_dim] = -1
+            expand = list(cache.shape)
+            expand[slot_dim] = 1
+            idx_s = src[:, j].view(shape).expand(expand)
+            idx_d = dst[:, j].view(shape).expand(expand)
+            cache.scatter_(slot_dim, idx_d, cache.gather(slot_dim, idx_s))
+
+
+class _Graph:
+    """One ONNX graph in an onnxruntime session, fed and drained through IO binding."""
+
+    def __init__(self, path: Path, providers: list, device: torch.device, threads: int | None = None):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        self.path = path
+        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        self.device = device
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.outputs = {o.name: o for o in self.session.get_outputs()}
+        self._dev = ("cuda", device.index or 0) if device.type == "cuda" else ("cpu", 0)
+
+    def dtype(self, name: str) -> torch.dtype:
+        arg = self.inputs.get(name) or self.outputs[name]
+        try:
+            return _TORCH_TYPE[arg.type]
+        except KeyError:
+            raise ManifestError(f"{self.path.name}: {name} has unsupported type {arg.type}") from None
+
+    def static_shape(self, name: str) -> list:
+        arg = self.inputs.get(name) or self.outputs[name]
+        return list(arg.shape)
+
+    def run(self, feeds: dict[str, torch.Tensor], outs: dict[str, torch.Tensor]) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+        binding = self.session.io_binding()
+        dev, idx = self._dev
+        for name, t in feeds.items():
+            binding.bind_input(name, dev, idx, _ONNX_TYPE[t.dtype], tuple(t.shape), t.data_ptr())
+        for name, t in outs.items():
+            binding.bind_output(name, dev, idx, _ONNX_TYPE[t.dtype], tuple(t.shape), t.data_ptr())
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+
+class _Caches:
+    """K and V caches at full capacity, double-buffered: one pair is read, the other written."""
+
+    def __init__(self, shape_of, dtype: torch.dtype, max_batch: int, device: torch.device):
+        self.shape_of = shape_of  # batch -> shape
+        n = 1
+        for s in shape_of(max_batch):
+            n *= s
+        # Zero-filled once: masked slots must hold finite values (0 x NaN would poison attention).
+        self._flat = [torch.zeros(n, dtype=dtype, device=device) for _ in range(4)]
+        self.view(1)
+
+    def view(self, batch: int) -> None:
+        shape = self.shape_of(batch)
+        n = 1
+        for s in shape:
+            n *= s
+        self.bufs = [f[:n].view(shape) for f in self._flat]  # k, v (current) and k, v (next)
+        self.cur = 0
+
+    @property
+    def k(self) -> torch.Tensor:
+        return self.bufs[self.cur * 2]
+
+    @property
+    def v(self) -> torch.Tensor:
+        return self.bufs[self.cur * 2 + 1]
+
+    @property
+    def next_k(self) -> torch.Tensor:
+        return self.bufs[(1 - self.cur) * 2]
+
+    @property
+    def next_v(self) -> torch.Tensor:
+        return self.bufs[(1 - self.cur) * 2 + 1]
+
+    def swap(self) -> None:
+        self.cur = 1 - self.cur
+
+
+def pick_providers(device: str = "auto") -> tuple[list, torch.device]:
+    available = ort.get_available_providers()
+    want_cuda = device in ("auto", "cuda")
+    if want_cuda and "CUDAExecutionProvider" in available and torch.cuda.is_available():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"], torch.device("cuda", 0)
+    if device == "cuda":
+        raise RuntimeError(
+            "device 'cuda' was asked for, but onnxruntime has no CUDAExecutionProvider here "
+            f"(available: {available}) or torch sees no GPU; install onnxruntime-gpu or use device 'cpu'"
+        )
+    return ["CPUExecutionProvider"], torch.device("cpu")
+
+
+class OrtExecutor(Executor):
+    def __init__(
+        self,
+        target_onnx: Path,
+        drafter_onnx: Path,
+        *,
+        vocab_size: int,
+        hidden_size: int,
+        top_k: int,
+        target_kv_len: int,
+        drafter_kv_len: int,
+        max_batch: int,
+        device: str = "auto",
+        threads: int | None = None,
+    ):
+        providers, dev = pick_providers(device)
+        self.target = _Graph(Path(target_onnx), providers, dev, threads)
+        self.drafter = _Graph(Path(drafter_onnx), providers, dev, threads)
+        t, d = self.target, self.drafter
+
+        t_shape = t.static_shape("k_cache")  # [L, batch, KVH, S, D]
+        d_shape = d.static_shape("k_cache")  # [batch, KVH, S, D]
+        problems = []
+        if t_shape[3] != target_kv_len:
+            problems.append(f"target.onnx cache capacity {t_shape[3]} != target_kv_len {target_kv_len}")
+        if d_shape[2] != drafter_kv_len:
+            problems.append(f"drafter.onnx cache capacity {d_shape[2]} != drafter_kv_len {drafter_kv_len}")
+        if d.static_shape("topk_ids")[2] != top_k:
+            problems.append(f"drafter.onnx top-k {d.static_shape('topk_ids')[2]} != top_k {top_k}")
+        if t.static_shape("logits")[2] != vocab_size:
+            problems.append(f"target.onnx vocabulary {t.static_shape('logits')[2]} != vocab_size {vocab_size}")
+        if problems:
+            raise ManifestError("graphs do not match the build manifest: " + "; ".join(problems) + "; rebuild")
+
+        self.spec = ExecutorSpec(
+            vocab_size=vocab_size,
+            hidden_size=hidden_size,
+            top_k=top_k,
+            target_kv_len=target_kv_len,
+            drafter_kv_len=drafter_kv_len,
+            max_batch=max_batch,
+            device=dev,
+            feature_dtype=t.dtype("hidden"),
+        )
+        self._hidden_dtype = t.dtype("hidden")
+        self._regress_dtype = d.dtype("regress")
+        self._features_dtype = d.dtype("features")
+        self._tc = _Caches(lambda b: (t_shape[0], b, *t_shape[2:]), t.dtype("k_cache"), max_batch, dev)
+        self._dc = _Caches(lambda b: (b, *d_shape[1:]), d.dtype("k_cache"), max_batch, dev)
+        self.reset(1)
+
+    @classmethod
+    def from_build_dir(
+        cls, build_dir: str | Path, max_batch: int | None = None, device: str = "auto", threads: int | None = None, **ignored
+    ) -> "OrtExecutor":
+        build_dir = Path(build_dir)
+        m = read_manifest(build_dir)
+        return cls(
+            build_file(build_dir, m, "target_onnx"),
+            build_file(build_dir, m, "drafter_onnx"),
+            vocab_size=m["vocab_size"],
+            hidden_size=m["hidden_size"],
+            top_k=m["tree"]["top_k"],
+            target_kv_len=m["target_kv_len"],
+            drafter_kv_len=m["drafter_kv_len"],
+            max_batch=max_batch or m["limits"]["max_batch"],
+            device=device,
+            threads=threads,
+        )
+
+    # -- Executor ---------------------------------------------------------------------------------
+
+    def reset(self, batch: int) -> None:
+        if not 1 <= batch <= self.spec.max_batch:
+            raise ValueError(f"batch {batch} is outside [1, max_batch={self.spec.max_batch}]")
+        self.batch = batch
+        self._tc.view(batch)
+        self._dc.view(batch)
+
+    def _ids(self, x: torch.Tensor, name: str, b: int, t: int) -> torch.Tensor:
+        if tuple(x.shape) != (b, t):
+            raise ValueError(f"{name} has shape {list(x.shape)}, expected [{b}, {t}]")
+        return x.to(device=self.spec.device, dtype=torch.int64).contiguous()
+
+    def _mask(self, mask: torch.Tensor, b: int, t: int, s: int) -> torch.Tensor:
+        if tuple(mask.shape) != (b, t, s):
+            raise ValueError(f"mask has shape {list(mask.shape)}, expected [{b}, {t}, {s}]")
+        return mask.to(device=self.spec.device, dtype=torch.bool).contiguous()
+
+    def _check_batch(self, b: int) -> None:
+        if b != self.batch:
+            raise ValueError(f"got {b} rows but the executor was reset for {self.batch}")
+
+    @torch.inference_mode()
+    def target_step(self, tokens, positions, write_index, mask):
+        b, t = tokens.shape
+        self._check_batch(b)
+        c = self._tc
+        feeds = {
+            "tokens": self._ids(tokens, "tokens", b, t),
+            "positions": self._ids(positions, "positions", b, t),
+            "write_index": self._ids(write_index, "write_index", b, t),
+            "mask": self._mask(mask, b, t, self.spec.target_kv_len),
+            "k_cache": c.k,
+            "v_cache": c.v,
+        }
+        dev = self.spec.device
+        logits = torch.empty(b, t, self.spec.vocab_size, dtype=torch.float32, device=dev)
+        hidden = torch.empty(b, t, self.spec.hidden_size, dtype=self._hidden_dtype, device=dev)
+        self.target.run(feeds, {"logits": logits, "hidden": hidden, "k_cache_out": c.next_k, "v_cache_out": c.next_v})
+        c.swap()
+        return logits, hidden
+
+    @torch.inference_mode()
+    def draft_step(self, features, tokens, positions, write_index, mask):
+        b, t = tokens.shape
+        self._check_batch(b)
+        if tuple(features.shape) != (b, t, self.spec.hidden_size):
+            raise ValueError(f"features have shape {list(features.shape)}, expected [{b}, {t}, {self.spec.hidden_size}]")
+        c = self._dc
+        feeds = {
+            "features": features.to(device=self.spec.device, dtype=self._features_dtype).contiguous(),
+            "tokens": self._ids(tokens, "tokens", b, t),
+            "positions": self._ids(positions, "positions", b, t),
+            "write_index": self._ids(write_index, "write_index", b, t),
+            "mask": self._mask(mask, b, t, self.spec.drafter_kv_len),
+            "k_cache": c.k,
+            "v_cache": c.v,
+        }
+        dev, k = self.spec.device, self.spec.top_k
+        vals = torch.empty(b, t, k, dtype=torch.float32, device=dev)
+        ids = torch.empty(b, t, k, dtype=torch.int64, device=dev)
+        regress = torch.empty(b, t, self.spec.hidden_size, dtype=self._regress_dtype, device=dev)
+        self.drafter.run(
+            feeds,
+            {"topk_logprobs": vals, "topk_ids": ids, "regress": regress, "k_cache_out": c.next_k, "v_cache_out": c.next_v},
+        )
+        c.swap()
+        return vals, ids, regress
+
+    @torch.inference_mode()
+    def move_target_kv(self, src, dst):
+        if src.shape != dst.shape or src.shape[0] != self.batch:
+            raise ValueError(f"src {list(src.shape)} and dst {list(dst.shape)} must both be [{self.batch}, A]")
+        dev = self.spec.device
+        move_cache_slots_(
+            (self._tc.k, self._tc.v), src.to(dev, torch.int64), dst.to(dev, torch.int64), slot_dim=3, batch_dim=1
+        )

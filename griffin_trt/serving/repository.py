@@ -1,0 +1,154 @@
+"""Filling the Triton model repository: checked-in templates (`triton_repo/`) + recipe + manifest.
+
+Every value in a filled `config.pbtxt` comes from the recipe or the build manifest (placeholders
+`${name}`, `string.Template` syntax); nothing is typed twice. The griffin model also gets the recipe
+itself (`griffin/recipe.json`, absolute paths) so the runtime inside Triton sees the same settings
+as `griffin-trt generate`. The result is written next to a temporary name and renamed into place,
+so a reader never sees a half-filled repository.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import site
+import string
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+MODELS = ("preprocessing", "griffin", "postprocessing", "ensemble")
+QUEUE_DELAY_US = 2000  # dynamic batching: how long the griffin model waits to group requests
+
+
+class RepositoryError(ValueError):
+    """The templates or the fill values are unusable (missing template, unknown placeholder)."""
+
+
+def templates_dir() -> Path:
+    """The checked-in `triton_repo/` (or `$GRIFFIN_TRT_TEMPLATES`)."""
+    env = os.environ.get("GRIFFIN_TRT_TEMPLATES")
+    cands = [Path(env)] if env else []
+    cands.append(Path(__file__).resolve().parents[2] / "triton_repo")
+    for c in cands:
+        if (c / "griffin" / "config.pbtxt").is_file():
+            return c
+    raise RepositoryError(f"Triton repository templates not found (looked in {', '.join(map(str, cands))})")
+
+
+def recipe_as_toml_dict(recipe) -> dict[str, Any]:
+    """The recipe in the shape `recipe_from_dict` reads (all paths absolute)."""
+    tree: dict[str, Any] = {"top_k": recipe.tree.top_k, "depth": recipe.tree.depth, "total_tokens": recipe.tree.total_tokens}
+    if recipe.tree.choices:
+        tree["choices"] = [list(c) for c in recipe.tree.choices]
+    return {
+        "name": recipe.name,
+        "model": {
+            "target": str(Path(recipe.target).resolve()),
+            "drafter": str(Path(recipe.drafter).resolve()),
+            "tokenizer": str(Path(recipe.tokenizer).resolve()),
+            "dtype": recipe.dtype,
+        },
+        "tree": tree,
+        "limits": {
+            "max_batch": recipe.limits.max_batch,
+            "max_input_len": recipe.limits.max_input_len,
+            "max_output_len": recipe.limits.max_output_len,
+        },
+        "build": {
+            "backend": recipe.backend,
+            "device": recipe.device,
+            "output_dir": str(Path(recipe.output_dir).resolve()),
+            "fp8": recipe.fp8,
+        },
+    }
+
+
+def python_path_entries() -> list[str]:
+    """Where the serving Python finds our packages: the project root and this env's site-packages."""
+    entries = [str(Path(__file__).resolve().parents[2])]
+    try:
+        entries += site.getsitepackages()
+    except AttributeError:  # pragma: no cover - virtualenv's old site module
+        pass
+    seen: list[str] = []
+    for e in entries:
+        if e not in seen and Path(e).is_dir():
+            seen.append(e)
+    return seen
+
+
+def _pbtxt_str(v: Any) -> str:
+    """A value for inside a double-quoted protobuf text string."""
+    return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def fill_values(recipe, out_dir: Path, manifest: dict | None = None) -> dict[str, str]:
+    out_dir = Path(out_dir).resolve()
+    manifest = manifest or {}
+    tok = out_dir / "tokenizer"
+    tokenizer_dir = tok if (tok / "tokenizer_config.json").is_file() or (tok / "tokenizer.json").is_file() else Path(recipe.tokenizer)
+    tree = recipe.tree
+    values: dict[str, Any] = {
+        "recipe_name": recipe.name,
+        "max_batch": recipe.limits.max_batch,
+        "max_input_len": recipe.limits.max_input_len,
+        "max_output_len": recipe.limits.max_output_len,
+        "queue_delay_us": QUEUE_DELAY_US,
+        "build_dir": out_dir,
+        "manifest": out_dir / "manifest.json" if (out_dir / "manifest.json").is_file() else "",
+        "backend": manifest.get("backend", recipe.backend),
+        "device": recipe.device,
+        "dtype": recipe.dtype,
+        "tokenizer_dir": Path(tokenizer_dir).resolve(),
+        # TensorRT-LLM EagleDecodingConfig names, so a later move onto its flow maps one to one.
+        "use_dynamic_tree": "false" if tree.choices else "true",
+        "dynamic_tree_max_topK": tree.top_k,
+        "max_total_draft_tokens": tree.tree_size - 1,
+        "max_draft_len": tree.max_accept - 1,
+        "python_path": os.pathsep.join(python_path_entries()),
+        "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "python_executable": sys.executable,
+    }
+    return {k: _pbtxt_str(v) for k, v in values.items()}
+
+
+def _fill_tree(src: Path, dst: Path, values: dict[str, str]) -> None:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), symlinks=False)
+    for cfg in sorted(dst.rglob("config.pbtxt")):
+        text = cfg.read_text()
+        try:
+            filled = string.Template(text).substitute(values)
+        except KeyError as e:
+            raise RepositoryError(f"{cfg.relative_to(dst)}: unknown placeholder ${{{e.args[0]}}}") from None
+        except ValueError as e:
+            raise RepositoryError(f"{cfg.relative_to(dst)}: bad placeholder syntax: {e}") from None
+        cfg.write_text(filled)
+
+
+def fill_repository(recipe, out_dir: str | os.PathLike, templates: str | os.PathLike | None = None) -> Path:
+    """Write `<out_dir>/triton_repo` from the templates, the recipe and `<out_dir>/manifest.json`."""
+    out_dir = Path(out_dir).resolve()
+    src = Path(templates) if templates else templates_dir()
+    missing = [m for m in MODELS if not (src / m / "config.pbtxt").is_file()]
+    if missing:
+        raise RepositoryError(f"{src}: template(s) {missing} lack config.pbtxt")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    values = fill_values(recipe, out_dir, manifest)
+    dest = out_dir / "triton_repo"
+    tmp = Path(tempfile.mkdtemp(prefix=".triton_repo.tmp-", dir=out_dir))
+    try:
+        staged = tmp / "triton_repo"
+        _fill_tree(src, staged, values)
+        (staged / "griffin" / "recipe.json").write_text(json.dumps(recipe_as_toml_dict(recipe), indent=2) + "\n")
+        old = None
+        if dest.exists():
+            old = tmp / "previous"
+            os.rename(dest, old)
+        os.rename(staged, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest

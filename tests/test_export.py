@@ -1,0 +1,253 @@
+"""ONNX export of the target and drafter steps, and the onnxruntime executor against the torch one."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from griffin_trt.builders.export_onnx import (  # noqa: E402
+    DRAFTER_INPUTS,
+    DRAFTER_OUTPUTS,
+    TARGET_INPUTS,
+    TARGET_OUTPUTS,
+    ExportError,
+    export_drafter,
+    export_target,
+    read_graph_metadata,
+)
+from griffin_trt.models import load_pair  # noqa: E402
+from griffin_trt.recipe import recipe_from_dict  # noqa: E402
+from griffin_trt.runtime.executors.ort_executor import OrtExecutor  # noqa: E402
+from griffin_trt.runtime.executors.torch_executor import TorchExecutor  # noqa: E402
+from tiny_models import make_drafter, make_target  # noqa: E402
+
+ATOL = 1e-4
+VOCAB, HIDDEN, TOP_K = 96, 32, 4
+
+
+@pytest.fixture(scope="module")
+def pair_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pair")
+    target = make_target(root / "target", vocab=VOCAB, hidden=HIDDEN)
+    drafter = make_drafter(root / "drafter", target=target, hidden=HIDDEN, vocab=VOCAB)
+    return target, drafter
+
+
+@pytest.fixture(scope="module")
+def recipe(pair_dirs):
+    target, drafter = pair_dirs
+    data = {
+        "model": {"target": str(target), "drafter": str(drafter)},
+        "tree": {"top_k": TOP_K, "depth": 3, "total_tokens": 10},
+        "limits": {"max_batch": 2, "max_input_len": 16, "max_output_len": 16},
+    }
+    return recipe_from_dict(data, base=target.parent)
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory, pair_dirs, recipe):
+    """Both graphs from the dynamo exporter (the default path), exported once for the module."""
+    out = tmp_path_factory.mktemp("graphs")
+    pair = load_pair(*pair_dirs, top_k=TOP_K)
+    t = export_target(pair.target, recipe.target_kv_len, out / "target.onnx", max_tokens=16)
+    d = export_drafter(pair.draft_step, recipe.drafter_kv_len, out / "drafter.onnx", max_tokens=16)
+    return t, d
+
+
+def _executors(pair_dirs, recipe, t_path, d_path, max_batch=2):
+    ort_ex = OrtExecutor(
+        t_path, d_path, vocab_size=VOCAB, hidden_size=HIDDEN, top_k=TOP_K,
+        target_kv_len=recipe.target_kv_len, drafter_kv_len=recipe.drafter_kv_len, max_batch=max_batch, device="cpu",
+    )
+    torch_ex = TorchExecutor.from_paths(
+        *pair_dirs, top_k=TOP_K, target_kv_len=recipe.target_kv_len, drafter_kv_len=recipe.drafter_kv_len,
+        max_batch=max_batch,
+    )
+    return ort_ex, torch_ex
+
+
+def _close(a, b, what):
+    assert a.shape == b.shape and a.dtype == b.dtype, (what, a.shape, b.shape, a.dtype, b.dtype)
+    torch.testing.assert_close(a, b, atol=ATOL, rtol=ATOL, msg=what)
+
+
+def _scenario(ex_a, ex_b, S_t, S_d, batch=2):
+    """Prefill (padded, causal) -> drafter prefill -> frontier draft step -> tree verify -> move KV ->
+    drafter update -> decode step; every output of A must match B."""
+    g = torch.Generator().manual_seed(0)
+    for ex in (ex_a, ex_b):
+        ex.reset(batch)
+    lens = torch.tensor([7, 5][:batch])
+    P = int(lens.max())
+    tokens = torch.randint(0, VOCAB, (batch, P), generator=g)
+    pos = torch.arange(P).expand(batch, P)
+    cols_t, cols_d = torch.arange(S_t), torch.arange(S_d)
+
+    def causal(cols):
+        c = cols[None, None, :]
+        return (c <= pos[:, :, None]) & (c < lens[:, None, None])
+
+    outs = [ex.target_step(tokens, pos, pos, causal(cols_t)) for ex in (ex_a, ex_b)]
+    _close(outs[0][0], outs[1][0], "prefill logits")
+    _close(outs[0][1], outs[1][1], "prefill hidden")
+    hidden = outs[1][1]
+
+    outs = [ex.draft_step(hidden, tokens, pos, pos, causal(cols_d)) for ex in (ex_a, ex_b)]
+    _close(outs[0][0], outs[1][0], "drafter prefill top-k log-probs")
+    assert torch.equal(outs[0][1], outs[1][1]), "drafter prefill top-k ids"
+    _close(outs[0][2], outs[1][2], "drafter prefill regress")
+
+    # Frontier pass: TOP_K nodes at depth 1 written after the context, each attending to itself.
+    ctx = lens
+    feats = torch.randn(batch, TOP_K, HIDDEN, generator=g)
+    ftok = torch.randint(0, VOCAB, (batch, TOP_K), generator=g)
+    fpos = ctx[:, None].expand(batch, TOP_K)
+    fwrite = ctx[:, None] + torch.arange(TOP_K)
+    fmask = (cols_d[None, None, :] < ctx[:, None, None]).expand(batch, TOP_K, S_d).clone()
+    fmask.scatter_(2, fwrite[:, :, None], True)
+    outs = [ex.draft_step(feats, ftok, fpos, fwrite, fmask) for ex in (ex_a, ex_b)]
+    _close(outs[0][0], outs[1][0], "frontier top-k log-probs")
+    assert torch.equal(outs[0][1], outs[1][1]), "frontier top-k ids"
+    _close(outs[0][2], outs[1][2], "frontier regress")
+
+    # Tree verify: root + two children of the root + one grandchild (parents 0, 0, 0, 1).
+    parents = [-1, 0, 0, 1]
+    T = len(parents)
+    depth = torch.tensor([0, 1, 1, 2])
+    anc = torch.zeros(T, T, dtype=torch.bool)
+    for i, p in enumerate(parents):
+        anc[i, i] = True
+        if p >= 0:
+            anc[i] |= anc[p]
+    ttok = torch.randint(0, VOCAB, (batch, T), generator=g)
+    tpos = ctx[:, None] + depth
+    twrite = ctx[:, None] + torch.arange(T)
+    tmask = (cols_t[None, None, :] < ctx[:, None, None]).expand(batch, T, S_t).clone()
+    tmask.scatter_(2, twrite[:, None, :].expand(batch, T, T), anc.expand(batch, T, T))
+    outs = [ex.target_step(ttok, tpos, twrite, tmask) for ex in (ex_a, ex_b)]
+    _close(outs[0][0], outs[1][0], "verify logits")
+    _close(outs[0][1], outs[1][1], "verify hidden")
+
+    # Accept path root -> node 1 -> node 3: move slots ctx+[0,1,3] to ctx+[0,1,2].
+    path = torch.tensor([0, 1, 3])
+    dst = ctx[:, None] + torch.arange(3)
+    src = ctx[:, None] + path
+    for ex in (ex_a, ex_b):
+        ex.move_target_kv(src, dst)
+
+    # Decode one token after the accepted path: attends to the moved entries.
+    new_ctx = ctx + 3
+    dpos = new_ctx[:, None]
+    dmask = cols_t[None, None, :] <= dpos[:, :, None]
+    dtok = torch.randint(0, VOCAB, (batch, 1), generator=g)
+    outs = [ex.target_step(dtok, dpos, dpos, dmask) for ex in (ex_a, ex_b)]
+    _close(outs[0][0], outs[1][0], "decode logits after move_target_kv")
+    _close(outs[0][1], outs[1][1], "decode hidden after move_target_kv")
+
+
+def test_graphs_check_and_have_the_interface(graphs, recipe):
+    t, d = graphs
+    assert t.exporter == "dynamo" and d.exporter == "dynamo"
+    for res, ins, outs, kv in (
+        (t, TARGET_INPUTS, TARGET_OUTPUTS, recipe.target_kv_len),
+        (d, DRAFTER_INPUTS, DRAFTER_OUTPUTS, recipe.drafter_kv_len),
+    ):
+        m = onnx.load(str(res.path))
+        onnx.checker.check_model(m)
+        assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 17
+        assert [i.name for i in m.graph.input] == list(ins)
+        assert [o.name for o in m.graph.output] == list(outs)
+        shapes = {v.name: [x.dim_param or x.dim_value for x in v.type.tensor_type.shape.dim]
+                  for v in list(m.graph.input) + list(m.graph.output)}
+        # B and T dynamic, cache capacity static
+        assert isinstance(shapes["tokens"][0], str) and isinstance(shapes["tokens"][1], str)
+        assert shapes["mask"][2] == kv
+        assert all(isinstance(x, int) for i, x in enumerate(shapes["k_cache"]) if x != shapes["tokens"][0])
+        assert shapes["k_cache"] == shapes["k_cache_out"]
+        meta = read_graph_metadata(res.path)
+        assert int(meta["kv_len"]) == kv and meta["exporter"] == "dynamo"
+    m = onnx.load(str(d.path))
+    topk = {o.name: o for o in m.graph.output}["topk_ids"]
+    assert topk.type.tensor_type.shape.dim[2].dim_value == TOP_K
+
+
+def test_ort_matches_torch_through_the_executor_interface(graphs, pair_dirs, recipe):
+    t, d = graphs
+    ort_ex, torch_ex = _executors(pair_dirs, recipe, t.path, d.path)
+    assert ort_ex.spec.feature_dtype == torch.float32 and ort_ex.spec.device.type == "cpu"
+    _scenario(ort_ex, torch_ex, recipe.target_kv_len, recipe.drafter_kv_len, batch=2)
+    # caches after the whole scenario agree too (including the moved entries)
+    torch.testing.assert_close(ort_ex._tc.k, torch_ex.tk, atol=ATOL, rtol=ATOL)
+    torch.testing.assert_close(ort_ex._dc.v, torch_ex.dv, atol=ATOL, rtol=ATOL)
+    # a smaller batch after a larger one reuses the same storage
+    _scenario(ort_ex, torch_ex, recipe.target_kv_len, recipe.drafter_kv_len, batch=1)
+
+
+def test_torchscript_exporter_graphs_match_too(tmp_path, pair_dirs, recipe):
+    pair = load_pair(*pair_dirs, top_k=TOP_K)
+    t = export_target(pair.target, recipe.target_kv_len, tmp_path / "target.onnx", 16, prefer="torchscript")
+    d = export_drafter(pair.draft_step, recipe.drafter_kv_len, tmp_path / "drafter.onnx", 16, prefer="torchscript")
+    assert t.exporter == d.exporter == "torchscript"
+    ort_ex, torch_ex = _executors(pair_dirs, recipe, t.path, d.path)
+    _scenario(ort_ex, torch_ex, recipe.target_kv_len, recipe.drafter_kv_len)
+    # export leaves the modules writing their caches in place again
+    assert pair.target.inplace and pair.drafter.inplace
+
+
+def test_dynamo_failure_falls_back_to_torchscript(tmp_path, pair_dirs, recipe, monkeypatch):
+    pair = load_pair(*pair_dirs, top_k=TOP_K)
+    real = torch.onnx.export
+
+    def flaky(*a, **kw):
+        if kw.get("dynamo"):
+            raise RuntimeError("simulated dynamo failure")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(torch.onnx, "export", flaky)
+    res = export_target(pair.target, recipe.target_kv_len, tmp_path / "t.onnx", 16)
+    assert res.exporter == "torchscript"
+    assert any("simulated dynamo failure" in n for n in res.notes)
+
+    def broken(*a, **kw):
+        raise RuntimeError("both broken")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(ExportError, match="dynamo exporter.*torchscript exporter"):
+        export_target(pair.target, recipe.target_kv_len, tmp_path / "t2.onnx", 16)
+
+
+def test_ort_executor_rejects_bad_inputs(graphs, recipe):
+    t, d = graphs
+    ex = OrtExecutor(t.path, d.path, vocab_size=VOCAB, hidden_size=HIDDEN, top_k=TOP_K,
+                     target_kv_len=recipe.target_kv_len, drafter_kv_len=recipe.drafter_kv_len, max_batch=2)
+    with pytest.raises(ValueError, match="max_batch"):
+        ex.reset(3)
+    ex.reset(1)
+    tok = torch.zeros(1, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="mask has shape"):
+        ex.target_step(tok, tok, tok, torch.ones(1, 2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="reset for 1"):
+        ex.target_step(tok.repeat(2, 1), tok.repeat(2, 1), tok.repeat(2, 1),
+                       torch.ones(2, 2, recipe.target_kv_len, dtype=torch.bool))
+    from griffin_trt.builders.manifest import ManifestError
+
+    with pytest.raises(ManifestError, match="cache capacity"):
+        OrtExecutor(t.path, d.path, vocab_size=VOCAB, hidden_size=HIDDEN, top_k=TOP_K,
+                    target_kv_len=recipe.target_kv_len + 1, drafter_kv_len=recipe.drafter_kv_len, max_batch=2)
+
+
+def test_greedy_generation_is_token_exact_with_the_torch_executor(graphs, pair_dirs, recipe):
+    decoder_mod = pytest.importorskip("griffin_trt.runtime.decoder")
+    t, d = graphs
+    ort_ex, torch_ex = _executors(pair_dirs, recipe, t.path, d.path)
+    prompts = [[3, 17, 42, 5, 9, 11, 60], [8, 1, 30]]
+    outs = []
+    for ex in (ort_ex, torch_ex):
+        dec = decoder_mod.SpeculativeDecoder(ex, recipe.tree, recipe.limits, eos_ids=())
+        res = dec.generate(prompts, max_new_tokens=12)
+        outs.append([r.token_ids for r in res])
+        plain = dec.generate(prompts, max_new_tokens=12, speculative=False)
+        assert [r.token_ids for r in plain] == outs[-1]  # lossless against plain greedy
+    assert outs[0] == outs[1]

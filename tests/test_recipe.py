@@ -1,0 +1,76 @@
+from pathlib import Path
+
+import pytest
+
+from griffin_trt.recipe import RecipeError, load_recipe, recipe_from_dict
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "t").mkdir(exist_ok=True)
+    (tmp_path / "d").mkdir(exist_ok=True)
+    p = tmp_path / "r.toml"
+    p.write_text(text)
+    return p
+
+
+BASE = '[model]\ntarget = "t"\ndrafter = "d"\n'
+
+
+def test_demo_recipe_parses_with_griffin_defaults(repo_root):
+    r = load_recipe(repo_root / "build" / "demo.toml")
+    assert (r.tree.top_k, r.tree.depth, r.tree.total_tokens) == (10, 5, 60)
+    assert r.target.is_dir() and r.drafter.is_dir()
+    assert r.target_kv_len == r.limits.max_input_len + r.limits.max_output_len + 60
+    assert r.drafter_kv_len == r.limits.max_seq_len + 7 + 50
+
+
+def test_relative_paths_resolve_against_recipe_folder(tmp_path):
+    r = load_recipe(write(tmp_path, BASE))
+    assert r.target == (tmp_path / "t").resolve()
+    assert r.tokenizer == r.target
+
+
+@pytest.mark.parametrize(
+    "text, msg",
+    [
+        (BASE + "bogus = 1\n", "unknown key(s) ['bogus'] in [model]"),
+        (BASE + "[tree]\ntop_kk = 3\n", "unknown key(s) ['top_kk']"),
+        (BASE + "[frobnicate]\n", "unknown key(s) ['frobnicate'] in top level"),
+        ('[model]\ntarget = "t"\n', "drafter is required"),
+        ('[model]\ntarget = "nope"\ndrafter = "d"\n', "target = 'nope' does not exist"),
+        (BASE + "[tree]\ntop_k = 0\n", "top_k = 0 is out of range"),
+        (BASE + "[tree]\ndepth = 2.5\n", "depth must be an integer"),
+        (BASE + "[tree]\ntop_k = 2\ndepth = 1\ntotal_tokens = 10\n", "produce at most 6"),
+        (BASE + 'dtype = "int4"\n', "dtype = 'int4' is not one of"),
+        (BASE + '[build]\nbackend = "vllm"\n', "backend = 'vllm' is not one of"),
+        (BASE + "[limits]\nmax_batch = 0\n", "max_batch = 0 is out of range"),
+        (BASE + "[tree]\nchoices = [[0, 1]]\n", "has no parent path [0]"),
+        (BASE + "[tree]\ntop_k = 4\nchoices = [[5]]\n", "ranks in [0, top_k)"),
+        (BASE + "[tree\n", "not valid TOML"),
+    ],
+)
+def test_bad_recipes_are_refused_with_a_clear_reason(tmp_path, text, msg):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write(tmp_path, text))
+    assert msg in str(e.value)
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "absent.toml")
+
+
+def test_static_tree_choices(tmp_path):
+    r = load_recipe(write(tmp_path, BASE + "[tree]\nchoices = [[0], [1], [0, 0], [0, 0, 1]]\n"))
+    assert r.tree.choices == ((0,), (1,), (0, 0), (0, 0, 1))
+    assert r.tree.tree_size == 5 and r.tree.max_accept == 4 and r.tree.drafter_slots == 4
+
+
+def test_to_dict_round_trips_through_json(tmp_path):
+    import json
+
+    r = load_recipe(write(tmp_path, BASE))
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["tree"]["total_tokens"] == 60 and d["target"] == str(tmp_path / "t")
+    r2 = recipe_from_dict({"model": {"target": d["target"], "drafter": d["drafter"]}, "tree": {"top_k": 10}}, tmp_path)
+    assert r2.tree == r.tree
