@@ -1,0 +1,131 @@
+"""GRIFFIN vs plain decoding, same model, same prompts, one run (no server in the way).
+
+For every prompt both modes run back to back through the same executor and caches; the script
+prints per-category and overall tokens/s, their ratio, the acceptance length (tokens per target
+forward), and whether the greedy outputs were identical (they must be).
+
+    python benchmarks/bench_speculative.py --recipe build/demo.toml [--backend torch|onnxruntime]
+        [--prompts demo-heldout|PATH.jsonl] [--num-prompts 20] [--max-new-tokens 128] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from griffin_trt.recipe import load_recipe  # noqa: E402
+from griffin_trt.runtime import SamplingParams, load_runtime  # noqa: E402
+
+
+def load_prompts(spec: str, runtime, n: int) -> list[dict]:
+    if spec == "demo-heldout":
+        from griffin_trt.demo.heldout import heldout_prompts
+
+        return [{"category": "code", "ids": ids} for ids in heldout_prompts(runtime.tokenizer, n)]
+    rows = [json.loads(line) for line in Path(spec).read_text().splitlines() if line.strip()]
+    return [{"category": r.get("category", "all"), "ids": runtime.encode(r["prompt"])} for r in rows[:n]]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", type=Path, default=REPO / "build" / "demo.toml")
+    ap.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt"))
+    ap.add_argument("--build-dir", type=Path, default=None)
+    ap.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--prompts", default="demo-heldout", help="demo-heldout or a .jsonl with prompt/category")
+    ap.add_argument("--num-prompts", type=int, default=20)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = load_recipe(args.recipe)
+    rt = load_runtime(recipe, build_dir=args.build_dir, backend=args.backend, device=args.device)
+    prompts = load_prompts(args.prompts, rt, args.num_prompts)
+    greedy = SamplingParams()
+    n_new = min(args.max_new_tokens, recipe.limits.max_output_len)
+    for p in prompts[: args.warmup]:
+        for spec in (True, False):
+            rt.decoder.generate([p["ids"]], 8, greedy, speculative=spec)
+
+    rows = []
+    for p in tqdm(prompts, desc="prompts", unit="prompt"):
+        row = {"category": p["category"], "prompt_tokens": len(p["ids"])}
+        for mode, spec in (("griffin", True), ("plain", False)):
+            t0 = time.perf_counter()
+            r = rt.decoder.generate([p["ids"]], n_new, greedy, speculative=spec)[0]
+            dt = time.perf_counter() - t0
+            row[mode] = {
+                "tokens": len(r.token_ids),
+                "seconds": dt,
+                "tokens_per_s": len(r.token_ids) / dt,
+                "acceptance_length": r.acceptance_length,
+                "target_forwards": r.target_forwards,
+                "draft_s": r.draft_time_s,
+                "verify_s": r.verify_time_s,
+                "ids": r.token_ids,
+            }
+        row["identical"] = row["griffin"]["ids"] == row["plain"]["ids"]
+        rows.append(row)
+
+    def agg(sel: list[dict]) -> dict:
+        g = sum(r["griffin"]["tokens"] for r in sel) / sum(r["griffin"]["seconds"] for r in sel)
+        pl = sum(r["plain"]["tokens"] for r in sel) / sum(r["plain"]["seconds"] for r in sel)
+        fwd = sum(r["griffin"]["target_forwards"] for r in sel)
+        emitted = sum(r["griffin"]["tokens"] - 1 for r in sel)  # the first token comes from prefill
+        draft = sum(r["griffin"]["draft_s"] for r in sel)
+        verify = sum(r["griffin"]["verify_s"] for r in sel)
+        return {
+            "prompts": len(sel),
+            "griffin_tok_s": g,
+            "plain_tok_s": pl,
+            "speedup": g / pl,
+            "acceptance_length": emitted / fwd if fwd else 0.0,
+            "acceptance_length_median": statistics.median(r["griffin"]["acceptance_length"] for r in sel),
+            "draft_share": draft / (draft + verify) if draft + verify else 0.0,
+            "identical": sum(r["identical"] for r in sel),
+        }
+
+    cats = sorted({r["category"] for r in rows})
+    summary = {c: agg([r for r in rows if r["category"] == c]) for c in cats}
+    summary["all"] = agg(rows)
+    env = {
+        "recipe": str(args.recipe),
+        "backend": args.backend,
+        "device": str(rt.decoder.dev),
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "max_new_tokens": n_new,
+        "tree": recipe.tree.__dict__,
+    }
+    print(f"\n{env}")
+    print(f"{'category':<14}{'n':>4}{'plain tok/s':>13}{'GRIFFIN tok/s':>15}{'ratio':>8}{'tau':>7}{'draft%':>8}{'same':>7}")
+    for c, s in summary.items():
+        print(
+            f"{c:<14}{s['prompts']:>4}{s['plain_tok_s']:>13.1f}{s['griffin_tok_s']:>15.1f}{s['speedup']:>8.2f}"
+            f"{s['acceptance_length']:>7.2f}{100 * s['draft_share']:>7.0f}%{s['identical']:>4}/{s['prompts']}"
+        )
+    if args.json:
+        for r in rows:
+            for mode in ("griffin", "plain"):
+                r[mode].pop("ids")
+        args.json.write_text(json.dumps({"env": env, "summary": summary, "rows": rows}, indent=1))
+    return 0 if summary["all"]["identical"] == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
