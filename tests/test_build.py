@@ -116,6 +116,14 @@ def test_build_layout_and_manifest(built, workspace):
     if m["versions"]["tensorrt"] is None:
         assert any(n.startswith("TensorRT not available (") for n in m["notes"])
     assert (out / "tokenizer" / "tokenizer_config.json").is_file()
+    # the draft-tree step as plugin nodes TensorRT's ONNX parser maps to griffin::DraftTree*
+    import onnx
+
+    for key, op in (("tree_expand_onnx", "DraftTreeExpand"), ("tree_finalize_onnx", "DraftTreeFinalize")):
+        graph = onnx.load(out / m["files"][key])
+        node = next(n for n in graph.graph.node if n.op_type == op)
+        assert {a.name: a for a in node.attribute}["plugin_namespace"].s == b"griffin"
+        assert m["files"][key] in m["sha256"]
     assert oct(out.stat().st_mode & 0o777) != oct(0o700)  # not left private like a temp dir
     assert not leftovers(out.parent, out.name)
 

@@ -136,3 +136,23 @@ def test_bad_requests_are_refused(pair):
             dec.generate(prompts, n)
     with pytest.raises(ValueError, match="temperature"):
         dec.generate([[1]], 4, SamplingParams(temperature=-1))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: the kernel-driven loop runs on GPU hosts")
+def test_cuda_loop_with_triton_tree_kernels_is_exact(pair):
+    from griffin_trt.runtime.executors.torch_executor import TorchExecutor
+    from griffin_trt.runtime import SpeculativeDecoder
+
+    cpu = make_decoder(*pair)
+    lim = cpu.limits
+    tree = cpu.tree
+    ex = TorchExecutor.from_paths(*pair, top_k=tree.top_k, target_kv_len=cpu.ex.spec.target_kv_len,
+                                  drafter_kv_len=cpu.ex.spec.drafter_kv_len, max_batch=4, device="cuda")
+    gpu = SpeculativeDecoder(ex, tree, lim)
+    assert gpu.expand.__name__ == "expand_frontier_triton"
+    prompts = random_prompts(8, 96, seed=9)
+    for i in range(0, 8, 4):
+        a = cpu.generate(prompts[i : i + 4], NEW)
+        b = gpu.generate(prompts[i : i + 4], NEW)
+        assert [r.token_ids for r in a] == [r.token_ids for r in b]

@@ -31,23 +31,6 @@ class BuildError(RuntimeError):
     """A build that could not complete; the previous output (if any) is untouched."""
 
 
-def stop_token_ids(target_dir: Path, tokenizer) -> list[int]:
-    """EOS ids: the tokenizer's, and those the target's generation_config / config list."""
-    ids: set[int] = set()
-    if getattr(tokenizer, "eos_token_id", None) is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    for name in ("generation_config.json", "config.json"):
-        f = Path(target_dir) / name
-        if f.is_file():
-            try:
-                eos = json.loads(f.read_text()).get("eos_token_id")
-            except json.JSONDecodeError:
-                continue
-            if eos is not None:
-                ids.update(int(e) for e in (eos if isinstance(eos, list) else [eos]))
-    return sorted(ids)
-
-
 def _check_replaceable(out: Path) -> None:
     """Never move aside a folder that is not an earlier build (a mistyped --out must not eat data)."""
     if out.exists() and not out.is_dir():
@@ -134,12 +117,14 @@ def build(
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output should not be
     steps = _Steps(
-        ["load models", "export target", "export drafter", "tokenizer", "TensorRT engines", "manifest"], progress
+        ["load models", "export target", "export drafter", "draft-tree graphs", "tokenizer", "TensorRT engines",
+         "manifest"],
+        progress,
     )
     notes: list[str] = []
     try:
         with steps.step("load models"):
-            from ..models import load_pair, load_tokenizer
+            from ..models import load_pair, load_tokenizer, stop_token_ids
 
             pair = load_pair(recipe.target, recipe.drafter, top_k=recipe.tree.top_k, dtype=recipe.dtype, device="cpu")
             vocab_size, hidden_size = pair.target.vocab_size, pair.target.hidden_size
@@ -155,6 +140,14 @@ def build(
             rd = export_drafter(pair.draft_step, recipe.drafter_kv_len, tmp / DRAFTER_ONNX, d_max, prefer=onnx_exporter)
         notes += rt.notes + rd.notes
         del pair  # release the weights before TensorRT needs the memory
+
+        tree_graphs: dict[str, Path] = {}
+        with steps.step("draft-tree graphs"):
+            # The tree step as ONNX nodes that TensorRT's parser maps to our plugin (griffin::DraftTree*).
+            if not tree.choices:
+                from .draft_tree_onnx import build_tree_graphs
+
+                tree_graphs = build_tree_graphs(tmp, tree.top_k, tree.total_tokens, tree.depth + 1)
 
         with steps.step("tokenizer"):
             try:
@@ -172,7 +165,7 @@ def build(
             if ok:
                 engines = tensorrt_engine.build_engines(
                     recipe, tmp, tmp / TARGET_ONNX, tmp / DRAFTER_ONNX, timing_cache=out.parent / ".timing_cache",
-                    log=steps.say,
+                    log=steps.say, tree_graphs=tree_graphs,
                 )
                 notes += engines.get("notes", [])
             else:
@@ -193,6 +186,10 @@ def build(
                 "drafter_engine": engines.get("drafter_engine"),
                 "plugin": engines.get("plugin"),
                 "tokenizer": TOKENIZER_DIR,
+                "tree_expand_onnx": tree_graphs["expand"].name if tree_graphs else None,
+                "tree_finalize_onnx": tree_graphs["finalize"].name if tree_graphs else None,
+                "tree_expand_engine": engines.get("tree_expand_engine"),
+                "tree_finalize_engine": engines.get("tree_finalize_engine"),
             }
             hashed = [p.relative_to(tmp).as_posix() for p in rt.files + rd.files]
             hashed += [v for k, v in files.items() if v and k not in ("target_onnx", "drafter_onnx")]

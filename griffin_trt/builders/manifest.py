@@ -27,7 +27,11 @@ from typing import Any, Iterable
 
 FORMAT = 1
 MANIFEST = "manifest.json"
-FILE_KEYS = ("target_onnx", "drafter_onnx", "target_engine", "drafter_engine", "plugin", "tokenizer")
+FILE_KEYS = (
+    "target_onnx", "drafter_onnx", "target_engine", "drafter_engine", "plugin", "tokenizer",
+    # the draft-tree plugin graphs and their engines (dynamic trees only)
+    "tree_expand_onnx", "tree_finalize_onnx", "tree_expand_engine", "tree_finalize_engine",
+)
 REQUIRED = (
     "format", "name", "recipe", "backend", "dtype", "tree", "limits", "target_kv_len", "drafter_kv_len",
     "vocab_size", "hidden_size", "eos_token_ids", "files", "sha256", "versions", "gpu", "notes",

@@ -160,6 +160,13 @@ def check_fp8(recipe, onnx_paths: list[Path]) -> None:
     """FP8 needs an Ada/Hopper/Blackwell GPU (compute capability >= 8.9) and FP8 Q/DQ in the graphs."""
     import torch
 
+    tree_engines = {}
+    for name, graph in tree_graphs.items():
+        # Only the batch axis is dynamic in the tree graphs; one profile covers 1..max_batch.
+        path = out_dir / f"draft_tree_{name}.plan"
+        build_engine(trt, logger, graph, path, [{"name": name, "min": 1, "opt": 1, "max": 1}], mb, timing_cache,
+                     log, exact, flags)
+        tree_engines[f"tree_{name}_engine"] = path.name
     cap = torch.cuda.get_device_capability()
     name = torch.cuda.get_device_name()
     if cap < FP8_MIN_CAPABILITY:
@@ -271,8 +278,10 @@ def build_engines(
     drafter_onnx: Path,
     timing_cache: Path | None = None,
     log: Callable[[str], None] = log.info,
+    tree_graphs: dict[str, Path] | None = None,
 ) -> dict:
-    """Build both engines into `out_dir`; returns the manifest's engine fields and notes."""
+    """Build the target and drafter engines (and the draft-tree plugin engines from `tree_graphs`,
+    {"expand": path, "finalize": path}) into `out_dir`; returns the manifest's engine fields and notes."""
     import tensorrt as trt
     import torch
 
@@ -283,7 +292,9 @@ def build_engines(
         check_fp8(recipe, [target_onnx, drafter_onnx])
     out_dir = Path(out_dir)
     logger = trt.Logger(trt.Logger.WARNING)
-    required = sorted(set(graph_plugin_ops(target_onnx)) | set(graph_plugin_ops(drafter_onnx)))
+    tree_graphs = tree_graphs or {}
+    graphs = [target_onnx, drafter_onnx, *tree_graphs.values()]
+    required = sorted({op for g in graphs for op in graph_plugin_ops(g)})
     library, notes, flags = load_plugins(trt, logger, log, required)
     plugin_rel = None
     if library is not None:
@@ -296,6 +307,13 @@ def build_engines(
     exact = recipe.dtype == "float32"
     build_engine(trt, logger, target_onnx, out_dir / TARGET_ENGINE, profiles["target"], mb, timing_cache, log, exact, flags)
     build_engine(trt, logger, drafter_onnx, out_dir / DRAFTER_ENGINE, profiles["drafter"], mb, timing_cache, log, exact, flags)
+    tree_engines = {}
+    for name, graph in tree_graphs.items():
+        # Only the batch axis is dynamic in the tree graphs; one profile covers 1..max_batch.
+        path = out_dir / f"draft_tree_{name}.plan"
+        build_engine(trt, logger, graph, path, [{"name": name, "min": 1, "opt": 1, "max": 1}], mb, timing_cache,
+                     log, exact, flags)
+        tree_engines[f"tree_{name}_engine"] = path.name
     cap = torch.cuda.get_device_capability()
     notes.append(
         "engine profiles: target " + ", ".join(f"{p['name']} T<={p['max']}" for p in profiles["target"])
@@ -309,4 +327,5 @@ def build_engines(
         "gpu": torch.cuda.get_device_name(),
         "gpu_capability": f"{cap[0]}.{cap[1]}",
         "notes": notes,
+        **tree_engines,
     }

@@ -1,6 +1,7 @@
 """Loading a target and its GRIFFIN drafter together, with the cross-checks between them."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,3 +45,21 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("the recipe asks for device 'cuda' but torch sees no CUDA GPU")
     return torch.device(device)
+
+
+def stop_token_ids(target_dir: str | Path, tokenizer) -> list[int]:
+    """EOS ids: the tokenizer's, and those the target's generation_config / config list (chat
+    models list every end token of their template there)."""
+    ids: set[int] = set()
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    for name in ("generation_config.json", "config.json"):
+        f = Path(target_dir) / name
+        if f.is_file():
+            try:
+                eos = json.loads(f.read_text()).get("eos_token_id")
+            except json.JSONDecodeError:
+                continue
+            if eos is not None:
+                ids.update(int(e) for e in (eos if isinstance(eos, list) else [eos]))
+    return sorted(ids)

@@ -25,6 +25,21 @@ from .results import GenerationResult, SamplingParams
 TokenCallback = Callable[[int, list[int]], None]
 
 
+def tree_ops(device: torch.device):
+    """(expand, select, greedy_accept): OpenAI-Triton kernels on CUDA, the torch reference elsewhere.
+
+    Both give identical outputs (tests/test_tree_kernels.py), so the choice never changes a token.
+    """
+    if device.type == "cuda":
+        try:
+            from ..tree.kernels import expand_frontier_triton, greedy_accept_triton, select_tree_triton
+
+            return expand_frontier_triton, select_tree_triton, greedy_accept_triton
+        except ImportError:  # no OpenAI Triton on this host
+            pass
+    return expand_frontier, select_tree, greedy_accept
+
+
 class SpeculativeDecoder:
     def __init__(self, executor: Executor, tree: TreeConfig, limits: Limits, eos_ids: Iterable[int] = ()):
         self.ex = executor
@@ -45,6 +60,7 @@ class SpeculativeDecoder:
             raise ValueError(f"drafter cache of {spec.drafter_kv_len} slots is too small for these limits and tree")
         dev = spec.device
         self.dev = dev
+        self.expand, self.select, self.greedy_accept = tree_ops(dev)
         self._cols_t = torch.arange(spec.target_kv_len, device=dev)
         self._cols_d = torch.arange(spec.drafter_kv_len, device=dev)
         if self.static:
@@ -238,7 +254,7 @@ class _Run:
         logits, hidden = self.ex.target_step(tree.tokens, pos, write, mask)
         s = self.sampling
         if s.temperature == 0:
-            path, count, bonus = greedy_accept(tree, logits)
+            path, count, bonus = self.d.greedy_accept(tree, logits)
         else:
             path, count, bonus = sample_accept(tree, logits, s.temperature, s.top_p, s.top_k, self.gen)
         self._sync()
@@ -307,7 +323,7 @@ class _Run:
             pos = (self.ctx + i)[:, None].expand(B, k)
             write = self.ctx[:, None] + own
             vals, ids, reg = self.ex.draft_step(feats, ftok, pos, write, mask)
-            cand, cids, scores, ftok, nflat = expand_frontier(scores, vals[..., :k], ids[..., :k], k)
+            cand, cids, scores, ftok, nflat = self.d.expand(scores, vals[..., :k], ids[..., :k], k)
             cand_s.append(cand)
             cand_i.append(cids)
             cand_p.append(fidx.repeat_interleave(k, dim=1))
@@ -317,7 +333,7 @@ class _Run:
                 fidx = k + i * k * k + nflat
                 feats = reg.gather(1, parent[..., None].expand(-1, -1, H))
                 anc = anc.gather(1, parent[..., None].expand(-1, -1, nslots))
-        return select_tree(
+        return self.d.select(
             self.root,
             torch.cat(cand_s, 1),
             torch.cat(cand_i, 1),

@@ -1,7 +1,6 @@
 """Assembling a ready decoder from a recipe: executor by back end, tokenizer, stop tokens."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,25 +24,11 @@ class Runtime:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def stop_token_ids(target_dir: Path, tokenizer) -> set[int]:
-    """EOS from the tokenizer and generation_config (which may list the chat template's end tokens)."""
-    ids: set[int] = set()
-    if getattr(tokenizer, "eos_token_id", None) is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    for name in ("generation_config.json", "config.json"):
-        f = Path(target_dir) / name
-        if f.is_file():
-            eos = json.loads(f.read_text()).get("eos_token_id")
-            if eos is not None:
-                ids.update(int(e) for e in (eos if isinstance(eos, list) else [eos]))
-    return ids
-
-
 def load_runtime(
     recipe: Recipe, build_dir: str | Path | None = None, backend: str | None = None, device: str | None = None
 ) -> Runtime:
     """torch runs the checkpoints directly; onnxruntime/tensorrt run what `griffin-trt build` wrote."""
-    from ..models import load_tokenizer
+    from ..models import load_tokenizer, stop_token_ids
     from ..models.pair import resolve_device
 
     backend = backend or recipe.backend
