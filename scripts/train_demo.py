@@ -45,17 +45,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from griffin_trt.demo.heldout import HELD_OUT  # noqa: E402  (one list for training and evaluation)
+
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 SPECIAL = [BOS, EOS, PAD]  # ids 0, 1, 2
 BOS_ID, EOS_ID, PAD_ID = 0, 1, 2
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}### {{ m['role'] }}:\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
     "{% if add_generation_prompt %}### assistant:\n{% endif %}"
-)
-# Held out of tokenizer, target and drafter training; evaluation prompts come from these.
-HELD_OUT = (
-    "bisect.py", "colorsys.py", "difflib.py", "fnmatch.py", "glob.py", "heapq.py",
-    "json/encoder.py", "shlex.py", "string.py", "textwrap.py",
 )
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 

@@ -156,3 +156,22 @@ def test_cuda_loop_with_triton_tree_kernels_is_exact(pair):
         a = cpu.generate(prompts[i : i + 4], NEW)
         b = gpu.generate(prompts[i : i + 4], NEW)
         assert [r.token_ids for r in a] == [r.token_ids for r in b]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: CUDA graphs need one")
+def test_cuda_graphs_replay_gives_the_eager_tokens(pair):
+    from griffin_trt.runtime import SpeculativeDecoder
+    from griffin_trt.runtime.executors.torch_executor import TorchExecutor
+
+    tree, lim = TreeConfig(), Limits(max_batch=4, max_input_len=64, max_output_len=64)
+    kw = dict(top_k=tree.top_k, target_kv_len=lim.max_seq_len + tree.tree_size,
+              drafter_kv_len=lim.max_seq_len + tree.max_accept + tree.drafter_slots, max_batch=4, device="cuda")
+    graphed = SpeculativeDecoder(TorchExecutor.from_paths(*pair, cuda_graphs=True, **kw), tree, lim)
+    eager = SpeculativeDecoder(TorchExecutor.from_paths(*pair, cuda_graphs=False, **kw), tree, lim)
+    prompts = random_prompts(8, 96, seed=13)
+    for i in range(0, 8, 4):
+        a = eager.generate(prompts[i : i + 4], NEW)
+        b = graphed.generate(prompts[i : i + 4], NEW)
+        assert [r.token_ids for r in a] == [r.token_ids for r in b]
+    assert graphed.ex._target.graphs, "no step was captured"

@@ -8,7 +8,7 @@ import torch
 
 from griffin_trt.models.drafter import DrafterConfig, GriffinDrafter
 
-FAMILIES = ("llama", "qwen2", "mixtral")
+FAMILIES = ("llama", "qwen2", "mistral", "mixtral")
 
 
 def make_target(folder: Path, family: str = "llama", vocab: int = 96, hidden: int = 32, layers: int = 2, seed: int = 0,
@@ -24,6 +24,8 @@ def make_target(folder: Path, family: str = "llama", vocab: int = 96, hidden: in
         cfg, cls = tf.LlamaConfig(**common), tf.LlamaForCausalLM
     elif family == "qwen2":
         cfg, cls = tf.Qwen2Config(**common), tf.Qwen2ForCausalLM
+    elif family == "mistral":
+        cfg, cls = tf.MistralConfig(**common), tf.MistralForCausalLM
     elif family == "mixtral":
         cfg, cls = tf.MixtralConfig(num_local_experts=4, num_experts_per_tok=2, **common), tf.MixtralForCausalLM
     else:

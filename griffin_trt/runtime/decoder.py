@@ -12,6 +12,7 @@ Cache bookkeeping per row b, with ctx[b] the number of target tokens already in 
 """
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -127,7 +128,7 @@ class _Run:
         self.gen = None
         if sampling.temperature > 0:
             self.gen = torch.Generator(device=self.dev)
-            self.gen.manual_seed(sampling.seed if sampling.seed is not None else torch.seed())
+            self.gen.manual_seed(sampling.seed if sampling.seed is not None else secrets.randbits(63))
         self.ex.reset(self.B)
         self.rows = torch.arange(self.B, device=self.dev)
 

@@ -66,3 +66,16 @@ class Executor(ABC):
         int64 [B, A]; columns are applied in order, and src[b, j] >= dst[b, j] (entries only move
         towards the front, so copying in order never overwrites a source still to be read).
         """
+
+
+def move_cache_slots_(caches, src: torch.Tensor, dst: torch.Tensor, slot_dim: int, batch_dim: int) -> None:
+    """Copy slot src[b, j] to dst[b, j] in every cache, column by column (see Executor.move_target_kv)."""
+    for cache in caches:
+        for j in range(src.shape[1]):
+            shape = [1] * cache.dim()
+            shape[batch_dim] = -1
+            expand = list(cache.shape)
+            expand[slot_dim] = 1
+            idx_s = src[:, j].view(shape).expand(expand)
+            idx_d = dst[:, j].view(shape).expand(expand)
+            cache.scatter_(slot_dim, idx_d, cache.gather(slot_dim, idx_s))

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import torch
 
 from ...builders.manifest import ManifestError, build_file, read_manifest
-from .base import Executor, ExecutorSpec
+from .base import Executor, ExecutorSpec, move_cache_slots_
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +28,6 @@ _TORCH_TYPE = {
     "tensor(int32)": torch.int32,
     "tensor(bool)": torch.bool,
 }
-
-
-def move_cache_slots_(caches, src: torch.Tensor, dst: torch.Tensor, slot_dim: int, batch_dim: int) -> None:
-    """Copy slot src[b, j] to dst[b, j] in every cache, column by column (see Executor.move_target_kv)."""
-    for cache in caches:
-        for j in range(src.shape[1]):
-            shape = [1] * cache.dim()
-            shape[batch_dim] = -1
-            expand = list(cache.shape)
-            expand[slot_dim] = 1
-            idx_s = src[:, j].view(shape).expand(expand)
-            idx_d = dst[:, j].view(shape).expand(expand)
-            cache.scatter_(slot_dim, idx_d, cache.gather(slot_dim, idx_s))
 
 
 class _Graph:

@@ -7,11 +7,50 @@ import torch
 
 from ...models import ModelPair, load_pair
 from ...models.target import TORCH_DTYPES
-from .base import Executor, ExecutorSpec
+from .base import Executor, ExecutorSpec, move_cache_slots_
+
+
+class CudaGraphed:
+    """Replays a step as a CUDA graph, captured once per input shape.
+
+    Decode-time steps have few distinct shapes (a draft pass, the drafter update, the tree verify,
+    one plain token) and are launch-bound at batch 1, which is what graphs remove. Inputs are copied
+    into static buffers; the caches are captured by address (they never move), so in-place cache
+    writes land where the next step reads them. Shapes above `max_tokens` (long prefills) run eagerly.
+    """
+
+    def __init__(self, fn, max_tokens: int):
+        self.fn = fn
+        self.max_tokens = max_tokens
+        self.graphs: dict = {}
+
+    def __call__(self, *args: torch.Tensor):
+        if args[1].shape[1] > self.max_tokens:  # args[1]: tokens [B, T] for both steps
+            return self.fn(*args)
+        key = tuple(a.shape for a in args)
+        entry = self.graphs.get(key)
+        if entry is None:
+            static_in = [a.clone() for a in args]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up outside capture (allocator, cuBLAS handles)
+                self.fn(*static_in)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self.fn(*static_in)
+            entry = self.graphs[key] = (graph, static_in, static_out)
+        graph, static_in, static_out = entry
+        for buf, a in zip(static_in, args):
+            buf.copy_(a)
+        graph.replay()
+        return tuple(o.clone() for o in static_out)  # the next replay overwrites the static outputs
 
 
 class TorchExecutor(Executor):
-    def __init__(self, pair: ModelPair, target_kv_len: int, drafter_kv_len: int, max_batch: int):
+    def __init__(
+        self, pair: ModelPair, target_kv_len: int, drafter_kv_len: int, max_batch: int, cuda_graphs: bool = True
+    ):
         self.pair = pair
         t = pair.target
         device = t.lm_head.weight.device
@@ -28,6 +67,11 @@ class TorchExecutor(Executor):
         # Caches are allocated once at full capacity; `reset` only narrows the batch view.
         self._tk, self._tv = t.new_cache(max_batch, target_kv_len)
         self._dk, self._dv = pair.drafter.new_cache(max_batch, drafter_kv_len)
+        self._target, self._draft = self._eager_target, self._eager_draft
+        if cuda_graphs and device.type == "cuda":
+            # Anything up to a tree (or a frontier) is a decode-time shape worth a graph.
+            self._target = CudaGraphed(self._eager_target, max_tokens=256)
+            self._draft = CudaGraphed(self._eager_draft, max_tokens=256)
         self.reset(1)
 
     @classmethod
@@ -41,11 +85,12 @@ class TorchExecutor(Executor):
         max_batch: int = 1,
         dtype: str = "float32",
         device: str = "cpu",
+        cuda_graphs: bool = True,
     ) -> "TorchExecutor":
         if dtype not in TORCH_DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {list(TORCH_DTYPES)}")
         pair = load_pair(target, drafter, top_k=top_k, dtype=dtype, device=device)
-        return cls(pair, target_kv_len, drafter_kv_len, max_batch)
+        return cls(pair, target_kv_len, drafter_kv_len, max_batch, cuda_graphs)
 
     def reset(self, batch: int) -> None:
         if not 1 <= batch <= self.spec.max_batch:
@@ -54,22 +99,23 @@ class TorchExecutor(Executor):
         self.tk, self.tv = self._tk[:, :batch], self._tv[:, :batch]
         self.dk, self.dv = self._dk[:batch], self._dv[:batch]
 
-    @torch.inference_mode()
-    def target_step(self, tokens, positions, write_index, mask):
+    # The caches are read from self (views of fixed storage), so a captured graph keeps using them.
+    def _eager_target(self, tokens, positions, write_index, mask):
         logits, hidden, _, _ = self.pair.target(tokens, positions, write_index, mask, self.tk, self.tv)
         return logits, hidden
 
-    @torch.inference_mode()
-    def draft_step(self, features, tokens, positions, write_index, mask):
-        vals, ids, regress, _, _ = self.pair.draft_step(
-            features, tokens, positions, write_index, mask, self.dk, self.dv
-        )
+    def _eager_draft(self, features, tokens, positions, write_index, mask):
+        vals, ids, regress, _, _ = self.pair.draft_step(features, tokens, positions, write_index, mask, self.dk, self.dv)
         return vals, ids, regress
 
     @torch.inference_mode()
+    def target_step(self, tokens, positions, write_index, mask):
+        return self._target(tokens, positions, write_index, mask)
+
+    @torch.inference_mode()
+    def draft_step(self, features, tokens, positions, write_index, mask):
+        return self._draft(features, tokens, positions, write_index, mask)
+
+    @torch.inference_mode()
     def move_target_kv(self, src, dst):
-        for cache in (self.tk, self.tv):
-            for j in range(src.shape[1]):
-                idx_s = src[:, j].view(1, -1, 1, 1, 1).expand(cache.shape[0], -1, cache.shape[2], 1, cache.shape[4])
-                idx_d = dst[:, j].view(1, -1, 1, 1, 1).expand_as(idx_s)
-                cache.scatter_(3, idx_d, cache.gather(3, idx_s))
+        move_cache_slots_((self.tk, self.tv), src, dst, slot_dim=3, batch_dim=1)

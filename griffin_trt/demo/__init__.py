@@ -1,0 +1,1 @@
+"""The embedded demo pair (`target/`, `drafter/`) and the held-out prompts it is evaluated on."""
