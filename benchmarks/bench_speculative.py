@@ -6,6 +6,7 @@ forward), and whether the greedy outputs were identical (they must be).
 
     python benchmarks/bench_speculative.py --recipe build/demo.toml [--backend torch|onnxruntime]
         [--prompts demo-heldout|PATH.jsonl] [--num-prompts 20] [--max-new-tokens 128] [--json out.json]
+        [--threads N] [--tree K,DEPTH,TOTAL]
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from griffin_trt.recipe import load_recipe  # noqa: E402
-from griffin_trt.runtime import SamplingParams, load_runtime  # noqa: E402
+from griffin_trt.recipe import TreeConfig, load_recipe  # noqa: E402
+from griffin_trt.runtime import SamplingParams, SpeculativeDecoder, load_runtime  # noqa: E402
 
 
 def load_prompts(spec: str, runtime, n: int) -> list[dict]:
@@ -47,6 +48,8 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--tree", default=None, metavar="K,DEPTH,TOTAL",
+                    help="another dynamic tree (top_k <= the recipe's) on the same executor, e.g. 1,6,7")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -54,6 +57,11 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe)
     rt = load_runtime(recipe, build_dir=args.build_dir, backend=args.backend, device=args.device)
+    tree = recipe.tree
+    if args.tree:
+        k, depth, total = (int(x) for x in args.tree.split(","))
+        tree = TreeConfig(top_k=k, depth=depth, total_tokens=total)
+        rt.decoder = SpeculativeDecoder(rt.decoder.ex, tree, recipe.limits, rt.eos_ids)
     prompts = load_prompts(args.prompts, rt, args.num_prompts)
     greedy = SamplingParams()
     n_new = min(args.max_new_tokens, recipe.limits.max_output_len)
@@ -110,7 +118,7 @@ def main() -> int:
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "max_new_tokens": n_new,
-        "tree": recipe.tree.__dict__,
+        "tree": tree.__dict__,
     }
     print(f"\n{env}")
     print(f"{'category':<14}{'n':>4}{'plain tok/s':>13}{'GRIFFIN tok/s':>15}{'ratio':>8}{'tau':>7}{'draft%':>8}{'same':>7}")
