@@ -3,7 +3,6 @@
 Starts the server itself on free loopback ports, waits until ready and stops it by pid. Skipped, with
 the reason, where the binary cannot run here.
 """
-import json
 import threading
 import time
 import urllib.request

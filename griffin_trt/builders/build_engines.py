@@ -8,7 +8,6 @@ Module-level imports stay light (no torch, onnx or transformers) so `griffin-trt
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil

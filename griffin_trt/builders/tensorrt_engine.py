@@ -160,13 +160,6 @@ def check_fp8(recipe, onnx_paths: list[Path]) -> None:
     """FP8 needs an Ada/Hopper/Blackwell GPU (compute capability >= 8.9) and FP8 Q/DQ in the graphs."""
     import torch
 
-    tree_engines = {}
-    for name, graph in tree_graphs.items():
-        # Only the batch axis is dynamic in the tree graphs; one profile covers 1..max_batch.
-        path = out_dir / f"draft_tree_{name}.plan"
-        build_engine(trt, logger, graph, path, [{"name": name, "min": 1, "opt": 1, "max": 1}], mb, timing_cache,
-                     log, exact, flags)
-        tree_engines[f"tree_{name}_engine"] = path.name
     cap = torch.cuda.get_device_capability()
     name = torch.cuda.get_device_name()
     if cap < FP8_MIN_CAPABILITY:
