@@ -79,3 +79,49 @@ def move_cache_slots_(caches, src: torch.Tensor, dst: torch.Tensor, slot_dim: in
             idx_s = src[:, j].view(shape).expand(expand)
             idx_d = dst[:, j].view(shape).expand(expand)
             cache.scatter_(slot_dim, idx_d, cache.gather(slot_dim, idx_s))
+
+
+class KVBuffers:
+    """K and V caches at full capacity, viewed for the current batch.
+
+    An engine that writes its cache outputs into its cache inputs (in place) needs one pair; a graph
+    that returns new caches is double-buffered: one pair is read, the other written, then swapped.
+    """
+
+    def __init__(self, shape_of, dtype: torch.dtype, max_batch: int, device: torch.device, in_place: bool = False):
+        self.shape_of = shape_of  # batch -> shape
+        self.in_place = in_place
+        n = 1
+        for s in shape_of(max_batch):
+            n *= s
+        # Zero-filled once: masked slots must hold finite values (0 x NaN would poison attention).
+        self._flat = [torch.zeros(n, dtype=dtype, device=device) for _ in range(2 if in_place else 4)]
+        self.view(1)
+
+    def view(self, batch: int) -> None:
+        shape = self.shape_of(batch)
+        n = 1
+        for s in shape:
+            n *= s
+        self.bufs = [f[:n].view(shape) for f in self._flat]  # k, v (current) [and k, v (next)]
+        self.cur = 0
+
+    @property
+    def k(self) -> torch.Tensor:
+        return self.bufs[2 * self.cur]
+
+    @property
+    def v(self) -> torch.Tensor:
+        return self.bufs[2 * self.cur + 1]
+
+    @property
+    def next_k(self) -> torch.Tensor:
+        return self.k if self.in_place else self.bufs[2 * (1 - self.cur)]
+
+    @property
+    def next_v(self) -> torch.Tensor:
+        return self.v if self.in_place else self.bufs[2 * (1 - self.cur) + 1]
+
+    def swap(self) -> None:
+        if not self.in_place:
+            self.cur = 1 - self.cur

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import torch
 
 from ...builders.manifest import ManifestError, build_file, read_manifest
-from .base import Executor, ExecutorSpec, move_cache_slots_
+from .base import Executor, ExecutorSpec, KVBuffers, move_cache_slots_
 
 log = logging.getLogger(__name__)
 
@@ -68,46 +68,6 @@ class _Graph:
             binding.bind_output(name, dev, idx, _ONNX_TYPE[t.dtype], tuple(t.shape), t.data_ptr())
         self.session.run_with_iobinding(binding)
         binding.synchronize_outputs()
-
-
-class _Caches:
-    """K and V caches at full capacity, double-buffered: one pair is read, the other written."""
-
-    def __init__(self, shape_of, dtype: torch.dtype, max_batch: int, device: torch.device):
-        self.shape_of = shape_of  # batch -> shape
-        n = 1
-        for s in shape_of(max_batch):
-            n *= s
-        # Zero-filled once: masked slots must hold finite values (0 x NaN would poison attention).
-        self._flat = [torch.zeros(n, dtype=dtype, device=device) for _ in range(4)]
-        self.view(1)
-
-    def view(self, batch: int) -> None:
-        shape = self.shape_of(batch)
-        n = 1
-        for s in shape:
-            n *= s
-        self.bufs = [f[:n].view(shape) for f in self._flat]  # k, v (current) and k, v (next)
-        self.cur = 0
-
-    @property
-    def k(self) -> torch.Tensor:
-        return self.bufs[self.cur * 2]
-
-    @property
-    def v(self) -> torch.Tensor:
-        return self.bufs[self.cur * 2 + 1]
-
-    @property
-    def next_k(self) -> torch.Tensor:
-        return self.bufs[(1 - self.cur) * 2]
-
-    @property
-    def next_v(self) -> torch.Tensor:
-        return self.bufs[(1 - self.cur) * 2 + 1]
-
-    def swap(self) -> None:
-        self.cur = 1 - self.cur
 
 
 def pick_providers(device: str = "auto") -> tuple[list, torch.device]:
@@ -170,8 +130,8 @@ class OrtExecutor(Executor):
         self._hidden_dtype = t.dtype("hidden")
         self._regress_dtype = d.dtype("regress")
         self._features_dtype = d.dtype("features")
-        self._tc = _Caches(lambda b: (t_shape[0], b, *t_shape[2:]), t.dtype("k_cache"), max_batch, dev)
-        self._dc = _Caches(lambda b: (b, *d_shape[1:]), d.dtype("k_cache"), max_batch, dev)
+        self._tc = KVBuffers(lambda b: (t_shape[0], b, *t_shape[2:]), t.dtype("k_cache"), max_batch, dev)
+        self._dc = KVBuffers(lambda b: (b, *d_shape[1:]), d.dtype("k_cache"), max_batch, dev)
         self.reset(1)
 
     @classmethod

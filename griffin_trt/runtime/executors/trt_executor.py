@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ...builders.manifest import ManifestError, build_file, check_tensorrt_version, read_manifest
-from .base import Executor, ExecutorSpec, move_cache_slots_
+from .base import Executor, ExecutorSpec, KVBuffers, move_cache_slots_
 
 log = logging.getLogger(__name__)
 
@@ -144,48 +144,6 @@ class _Engine:
             raise RuntimeError(f"{self.path.name}: TensorRT execution failed (see the TensorRT log)")
 
 
-class _Caches:
-    """Full-capacity caches; a second pair only when the engine cannot update them in place."""
-
-    def __init__(self, shape_of, dtype, max_batch, device, in_place: bool):
-        self.shape_of = shape_of
-        self.in_place = in_place
-        n = 1
-        for s in shape_of(max_batch):
-            n *= s
-        count = 2 if in_place else 4
-        self._flat = [torch.zeros(n, dtype=dtype, device=device) for _ in range(count)]
-        self.view(1)
-
-    def view(self, batch: int) -> None:
-        shape = self.shape_of(batch)
-        n = 1
-        for s in shape:
-            n *= s
-        self.bufs = [f[:n].view(shape) for f in self._flat]
-        self.cur = 0
-
-    @property
-    def k(self):
-        return self.bufs[2 * self.cur]
-
-    @property
-    def v(self):
-        return self.bufs[2 * self.cur + 1]
-
-    @property
-    def next_k(self):
-        return self.k if self.in_place else self.bufs[2 * (1 - self.cur)]
-
-    @property
-    def next_v(self):
-        return self.v if self.in_place else self.bufs[2 * (1 - self.cur) + 1]
-
-    def swap(self) -> None:
-        if not self.in_place:
-            self.cur = 1 - self.cur
-
-
 def _load_plugins(trt, logger, build_dir: Path, manifest: dict) -> None:
     trt.init_libnvinfer_plugins(logger, "")
     lib = build_file(build_dir, manifest, "plugin")
@@ -254,8 +212,8 @@ class TrtExecutor(Executor):
         )
         in_place_t = t.aliased.get("k_cache_out") == "k_cache" and t.aliased.get("v_cache_out") == "v_cache"
         in_place_d = d.aliased.get("k_cache_out") == "k_cache" and d.aliased.get("v_cache_out") == "v_cache"
-        self._tc = _Caches(lambda b: (t_shape[0], b, *t_shape[2:]), t.dtypes["k_cache"], mb, dev, in_place_t)
-        self._dc = _Caches(lambda b: (b, *d_shape[1:]), d.dtypes["k_cache"], mb, dev, in_place_d)
+        self._tc = KVBuffers(lambda b: (t_shape[0], b, *t_shape[2:]), t.dtypes["k_cache"], mb, dev, in_place_t)
+        self._dc = KVBuffers(lambda b: (b, *d_shape[1:]), d.dtypes["k_cache"], mb, dev, in_place_d)
         self.reset(1)
 
     @classmethod
