@@ -125,3 +125,22 @@ class KVBuffers:
     def swap(self) -> None:
         if not self.in_place:
             self.cur = 1 - self.cur
+
+
+class BufferedExecutor(Executor):
+    """An executor over exported graphs or engines whose caches live in KVBuffers `_tc` (target)
+    and `_dc` (drafter); `reset` narrows both to the batch."""
+
+    _tc: KVBuffers
+    _dc: KVBuffers
+
+    def reset(self, batch: int) -> None:
+        if not 1 <= batch <= self.spec.max_batch:
+            raise ValueError(f"batch {batch} is outside [1, max_batch={self.spec.max_batch}]")
+        self.batch = batch
+        self._tc.view(batch)
+        self._dc.view(batch)
+
+    def _check_batch(self, b: int) -> None:
+        if b != self.batch:
+            raise ValueError(f"got {b} rows but the executor was reset for {self.batch}")

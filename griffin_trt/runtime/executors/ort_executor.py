@@ -14,7 +14,7 @@ import onnxruntime as ort
 import torch
 
 from ...builders.manifest import ManifestError, build_file, read_manifest
-from .base import Executor, ExecutorSpec, KVBuffers, move_cache_slots_
+from .base import BufferedExecutor, ExecutorSpec, KVBuffers, move_cache_slots_
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def pick_providers(device: str = "auto") -> tuple[list, torch.device]:
     return ["CPUExecutionProvider"], torch.device("cpu")
 
 
-class OrtExecutor(Executor):
+class OrtExecutor(BufferedExecutor):
     def __init__(
         self,
         target_onnx: Path,
@@ -127,7 +127,6 @@ class OrtExecutor(Executor):
             device=dev,
             feature_dtype=t.dtype("hidden"),
         )
-        self._hidden_dtype = t.dtype("hidden")
         self._regress_dtype = d.dtype("regress")
         self._features_dtype = d.dtype("features")
         self._tc = KVBuffers(lambda b: (t_shape[0], b, *t_shape[2:]), t.dtype("k_cache"), max_batch, dev)
@@ -155,13 +154,6 @@ class OrtExecutor(Executor):
 
     # -- Executor ---------------------------------------------------------------------------------
 
-    def reset(self, batch: int) -> None:
-        if not 1 <= batch <= self.spec.max_batch:
-            raise ValueError(f"batch {batch} is outside [1, max_batch={self.spec.max_batch}]")
-        self.batch = batch
-        self._tc.view(batch)
-        self._dc.view(batch)
-
     def _ids(self, x: torch.Tensor, name: str, b: int, t: int) -> torch.Tensor:
         if tuple(x.shape) != (b, t):
             raise ValueError(f"{name} has shape {list(x.shape)}, expected [{b}, {t}]")
@@ -171,10 +163,6 @@ class OrtExecutor(Executor):
         if tuple(mask.shape) != (b, t, s):
             raise ValueError(f"mask has shape {list(mask.shape)}, expected [{b}, {t}, {s}]")
         return mask.to(device=self.spec.device, dtype=torch.bool).contiguous()
-
-    def _check_batch(self, b: int) -> None:
-        if b != self.batch:
-            raise ValueError(f"got {b} rows but the executor was reset for {self.batch}")
 
     @torch.inference_mode()
     def target_step(self, tokens, positions, write_index, mask):
@@ -191,7 +179,7 @@ class OrtExecutor(Executor):
         }
         dev = self.spec.device
         logits = torch.empty(b, t, self.spec.vocab_size, dtype=torch.float32, device=dev)
-        hidden = torch.empty(b, t, self.spec.hidden_size, dtype=self._hidden_dtype, device=dev)
+        hidden = torch.empty(b, t, self.spec.hidden_size, dtype=self.spec.feature_dtype, device=dev)
         self.target.run(feeds, {"logits": logits, "hidden": hidden, "k_cache_out": c.next_k, "v_cache_out": c.next_v})
         c.swap()
         return logits, hidden

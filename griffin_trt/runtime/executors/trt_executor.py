@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ...builders.manifest import ManifestError, build_file, check_tensorrt_version, read_manifest
-from .base import Executor, ExecutorSpec, KVBuffers, move_cache_slots_
+from .base import BufferedExecutor, ExecutorSpec, KVBuffers, move_cache_slots_
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def _load_plugins(trt, logger, build_dir: Path, manifest: dict) -> None:
             break
 
 
-class TrtExecutor(Executor):
+class TrtExecutor(BufferedExecutor):
     def __init__(self, build_dir: Path, manifest: dict, max_batch: int | None = None, device: str | None = None):
         import tensorrt as trt
 
@@ -227,13 +227,6 @@ class TrtExecutor(Executor):
 
     # -- Executor ---------------------------------------------------------------------------------
 
-    def reset(self, batch: int) -> None:
-        if not 1 <= batch <= self.spec.max_batch:
-            raise ValueError(f"batch {batch} is outside [1, max_batch={self.spec.max_batch}]")
-        self.batch = batch
-        self._tc.view(batch)
-        self._dc.view(batch)
-
     def _in(self, x: torch.Tensor, eng: _Engine, name: str, shape: tuple) -> torch.Tensor:
         if tuple(x.shape) != shape:
             raise ValueError(f"{name} has shape {list(x.shape)}, expected {list(shape)}")
@@ -241,10 +234,6 @@ class TrtExecutor(Executor):
 
     def _out(self, eng: _Engine, name: str, shape: tuple) -> torch.Tensor:
         return torch.empty(shape, dtype=eng.dtypes[name], device=self.spec.device)
-
-    def _check_batch(self, b: int) -> None:
-        if b != self.batch:
-            raise ValueError(f"got {b} rows but the executor was reset for {self.batch}")
 
     @torch.inference_mode()
     def target_step(self, tokens, positions, write_index, mask):
