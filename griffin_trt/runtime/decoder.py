@@ -19,26 +19,11 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from ..recipe import Limits, TreeConfig
-from ..tree import DraftTree, StaticTree, expand_frontier, greedy_accept, process_logits, sample_accept, select_tree
+from ..tree import DraftTree, StaticTree, process_logits, sample_accept
 from .executors.base import Executor
 from .results import GenerationResult, SamplingParams
 
 TokenCallback = Callable[[int, list[int]], None]
-
-
-def tree_ops(device: torch.device):
-    """(expand, select, greedy_accept): OpenAI-Triton kernels on CUDA, the torch reference elsewhere.
-
-    Both give identical outputs (tests/test_tree_kernels.py), so the choice never changes a token.
-    """
-    if device.type == "cuda":
-        try:
-            from ..tree.kernels import expand_frontier_triton, greedy_accept_triton, select_tree_triton
-
-            return expand_frontier_triton, select_tree_triton, greedy_accept_triton
-        except ImportError:  # no OpenAI Triton on this host
-            pass
-    return expand_frontier, select_tree, greedy_accept
 
 
 class SpeculativeDecoder:
@@ -61,7 +46,8 @@ class SpeculativeDecoder:
             raise ValueError(f"drafter cache of {spec.drafter_kv_len} slots is too small for these limits and tree")
         dev = spec.device
         self.dev = dev
-        self.expand, self.select, self.greedy_accept = tree_ops(dev)
+        ops = executor.tree_ops()
+        self.expand, self.select, self.greedy_accept = ops.expand, ops.select, ops.greedy_accept
         self._cols_t = torch.arange(spec.target_kv_len, device=dev)
         self._cols_d = torch.arange(spec.drafter_kv_len, device=dev)
         if self.static:

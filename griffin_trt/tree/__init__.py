@@ -5,11 +5,15 @@ OpenAI-Triton kernels, tested against these.
 """
 from .accept import greedy_accept, process_logits, sample_accept
 from .dynamic import expand_frontier, select_tree
+from .ops import REFERENCE, TreeOps, default_tree_ops
 from .static import StaticTree
 from .structure import DraftTree, stable_topk, tree_from_parents
 
 __all__ = [
+    "REFERENCE",
     "DraftTree",
+    "TreeOps",
+    "default_tree_ops",
     "StaticTree",
     "expand_frontier",
     "greedy_accept",

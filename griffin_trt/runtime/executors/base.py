@@ -7,6 +7,11 @@ boundary). Shapes: B = batch rows (fixed by `reset`), T = new tokens this call, 
   plain decoding: one token). Writes K/V at `write_index` and attends through `mask`.
 - `draft_step`: one drafter pass with the LM head and top-k inside.
 - `move_target_kv`: after verification, copy the accepted tree entries to their final slots.
+
+Caches hold `max_batch` rows (slots). `reset(b)` starts a new batch on rows [0, b); an in-flight
+scheduler instead keeps each row's cache across steps and picks the rows a step runs on with
+`select_rows(lo, hi)` (a contiguous range, B = hi - lo), and packs rows with `move_rows`.
+`tree_ops()` says which implementation of the draft-tree operations goes with this executor.
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
+
+from ...tree.ops import TreeOps, default_tree_ops
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,22 @@ class Executor(ABC):
     @abstractmethod
     def reset(self, batch: int) -> None:
         """Start a new batch of `batch` rows (<= spec.max_batch); cache contents become irrelevant."""
+
+    def select_rows(self, lo: int, hi: int) -> None:
+        """Run the following steps on cache rows [lo, hi) (0 <= lo < hi <= spec.max_batch, B = hi - lo).
+
+        Unlike `reset`, every row's cache contents are kept: a row admitted later (prefilled on its
+        own range) and rows already decoding can then step together on one range.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot select cache rows")
+
+    def move_rows(self, src: int, dst: int) -> None:
+        """Copy row `src`'s whole target and drafter caches onto row `dst` (packing active rows)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot move cache rows")
+
+    def tree_ops(self) -> TreeOps:
+        """The draft-tree operations that run next to this executor's models (default: by device)."""
+        return default_tree_ops(self.spec.device)
 
     @abstractmethod
     def target_step(
