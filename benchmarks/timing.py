@@ -1,0 +1,42 @@
+"""Timing helpers shared by the benchmarks: medians of repeated runs after warm-up.
+
+On CUDA each run is bracketed by CUDA events (device time between the markers, launch gaps
+included, which is what a served step pays); elsewhere by the host clock.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def median_ms(fn: Callable[[], object], device: torch.device, reps: int = 20, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        marks = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+        for start, end in marks:
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize(device)
+        return statistics.median(s.elapsed_time(e) for s, e in marks)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def copy_bandwidth_gbs(device: torch.device, nbytes: int, reps: int = 10) -> float:
+    """Measured device-memory copy bandwidth, counting bytes read plus bytes written (GB/s)."""
+    n = nbytes // 2
+    src = torch.randn(n, device=device, dtype=torch.float32).to(torch.bfloat16)  # not zeros
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), device, reps=reps, warmup=2)
+    del src, dst
+    return 2 * n * 2 / (ms * 1e-3) / 1e9
