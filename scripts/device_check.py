@@ -47,7 +47,7 @@ MODULES = (  # (import name, distribution, needed by this check; triton is neede
     ("tokenizers", "tokenizers", True), ("numpy", "numpy", True), ("tqdm", "tqdm", True), ("pytest", "pytest", True),
     ("triton", "triton", False), ("onnx", "onnx", False), ("onnxscript", "onnxscript", False),
     ("onnxruntime", "onnxruntime", False), ("pytest_timeout", "pytest-timeout", False),
-    ("tritonclient", "tritonclient", False),
+    ("tritonclient.grpc", "tritonclient", False),
 )
 
 # Per mode: (step name, time cap in s, argv after `python`). {tmp} is the scratch folder.
@@ -183,13 +183,27 @@ def probe(env: dict) -> dict:
     return json.loads(line[len("PROBE_JSON "):])
 
 
+def _wheels_for_this_python() -> tuple[list[str], list[str]]:
+    """The .whl/ wheels this interpreter can install (they are made for the GPU host's CPython 3.12;
+    a CPU run elsewhere skips the others rather than failing on them)."""
+    found = sorted(WHEELS.glob("*.whl")) if WHEELS.is_dir() else []
+    try:
+        from packaging.tags import sys_tags
+        from packaging.utils import parse_wheel_filename
+    except ImportError:
+        return [str(w) for w in found], []
+    ours = set(sys_tags())
+    ok = [w for w in found if parse_wheel_filename(w.name)[3] & ours]
+    return [str(w) for w in ok], [w.name for w in found if w not in ok]
+
+
 def install(runner: Runner, site: Path, scratch: Path) -> dict:
     """pip --no-deps --no-index into `site`: the .whl/ wheels, then the project (from a copy, so
     setuptools' in-tree build/ never lands in our recipes folder)."""
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir",
            "--disable-pip-version-check", "--target", str(site)]
-    wheels = sorted(str(w) for w in WHEELS.glob("*.whl")) if WHEELS.is_dir() else []
-    info = {"site": str(site), "wheels": [Path(w).name for w in wheels]}
+    wheels, foreign = _wheels_for_this_python()
+    info = {"site": str(site), "wheels": [Path(w).name for w in wheels], "wheels_not_for_this_python": foreign}
     if wheels:
         if not runner.run("install_wheels", 120, [*pip, "--upgrade", *wheels])["ok"]:
             return info
