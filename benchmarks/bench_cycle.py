@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from timing import copy_bandwidth_gbs, median_ms  # noqa: E402
+from timing import copy_bandwidth_gbs, interleaved_median_ms, median_ms  # noqa: E402
 
 from griffin_trt.recipe import Limits, TreeConfig  # noqa: E402
 
@@ -77,6 +77,13 @@ SHAPES = {
         vocab=32000, hidden=4096, layers=32, heads=32, kv_heads=32, inter=11008, rope_theta=10000.0, max_pos=4096,
         drafter_inter=11008, drafter_heads=32, drafter_kv_heads=32, draft_vocabs=(), context=1024,
         source="vicuna-7b-v1.5 config.json; its released GRIFFIN drafter",
+    ),
+    # The demo pair's shapes (griffin_trt/demo/*/config.json, its recipe's cache sizes): its drafter
+    # pass with and without a reduced draft vocabulary, timed apart from the loop.
+    "demo": Shape(
+        vocab=2048, hidden=256, layers=4, heads=4, kv_heads=2, inter=704, rope_theta=10000.0, max_pos=1024,
+        drafter_inter=768, drafter_heads=4, drafter_kv_heads=4, draft_vocabs=(512, 1024), context=256,
+        source="griffin_trt/demo target and drafter configs (random weights)",
     ),
     # CPU: the same code path at a size a CI machine runs in seconds (GQA, a vocabulary 16x smaller
     # than LLaMA-3's, reduced vocabularies at the same 1/8 and 1/4 ratios as 16k and 32k of 128k).
@@ -202,10 +209,11 @@ def time_batch(ex, tree: TreeConfig, shape: Shape, b: int, reps: int, gen: torch
     out: dict = {}
     out["plain_ms"] = timed(ex.target_step, *target_args(1))
     out["verify_ms"] = {str(t): timed(ex.target_step, *target_args(t)) for t in (*VERIFY_T, tree.total_tokens)}
-    out["draft_pass_ms"] = timed(ex.draft_step, *draft_args(k))
     out["draft_update_ms"] = timed(ex.draft_step, *draft_args(tree.max_accept))
 
-    reduced = {}
+    # The frontier pass, over the full vocabulary and the reduced ones, timed in turn (fair ratios).
+    pass_args = draft_args(k)
+    passes = {"full": lambda: ex.draft_step(*pass_args)}
     pair = ex.pair
     for n in shape.draft_vocabs:
         counts = torch.randint(0, 1 << 20, (V,), generator=gen).tolist()
@@ -216,13 +224,15 @@ def time_batch(ex, tree: TreeConfig, shape: Shape, b: int, reps: int, gen: torch
 
         graphed = CudaGraphed(eager, max_tokens=256) if dev.type == "cuda" else eager  # as TorchExecutor does
 
-        def run(*a, graphed=graphed):
+        def run(graphed=graphed):
             with torch.inference_mode():
-                return graphed(*a)
+                return graphed(*pass_args)
 
-        reduced[str(n)] = timed(run, *draft_args(k))
-        del step, graphed
-    out["draft_pass_reduced_ms"] = reduced
+        passes[str(n)] = run
+    pass_ms = interleaved_median_ms(passes, dev, reps=reps)
+    out["draft_pass_ms"] = pass_ms.pop("full")
+    out["draft_pass_reduced_ms"] = pass_ms
+    del passes
 
     ops = ex.tree_ops()
     depth, total = tree.depth, tree.total_tokens
@@ -439,8 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: torch sees no CUDA GPU")
     shapes = args.shape or (["llama3-8b", "vicuna-7b"] if device.type == "cuda" else ["small"])
-    if device.type == "cpu" and any(s != "small" for s in shapes):
-        ap.error("real model shapes need a CUDA GPU (about 20 GB of weights); on CPU use --shape small")
+    if device.type == "cpu" and any(s not in ("small", "demo") for s in shapes):
+        ap.error("real model shapes need a CUDA GPU (about 20 GB of weights); on CPU use --shape small or demo")
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     batches = [int(x) for x in args.batches.split(",")]
 

@@ -32,6 +32,31 @@ def median_ms(fn: Callable[[], object], device: torch.device, reps: int = 20, wa
     return 1e3 * statistics.median(times)
 
 
+def interleaved_median_ms(fns: dict[str, Callable[[], object]], device: torch.device, reps: int = 20,
+                          warmup: int = 3) -> dict[str, float]:
+    """Medians of variants timed in turn, one run of each per round: drift in the machine's load
+    (a shared CPU, GPU clocks) then falls on every variant alike, so their ratio is fair."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    cuda = device.type == "cuda"
+    for _ in range(reps):
+        for name, fn in fns.items():
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times[name].append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(1e3 * (time.perf_counter() - t0))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def copy_bandwidth_gbs(device: torch.device, nbytes: int, reps: int = 10) -> float:
     """Measured device-memory copy bandwidth, counting bytes read plus bytes written (GB/s)."""
     n = nbytes // 2

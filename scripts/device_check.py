@@ -50,32 +50,34 @@ MODULES = (  # (import name, distribution, needed by this check; triton is neede
     ("tritonclient.grpc", "tritonclient", False),
 )
 
-# Per mode: (step name, time cap in s, argv after `python`). {tmp} is the scratch folder.
+# Per mode: (step name, time cap in s, argv after `python`), most important first (a step that no
+# longer fits the budget is skipped and reported). {tmp} is the scratch folder.
 def plan(mode: str) -> list[tuple[str, int, list[str]]]:
     gpu = mode == "gpu"
     dev = "cuda" if gpu else "cpu"
     spec = ["benchmarks/bench_speculative.py", "--device", dev, "--backend", "torch"]
     spec += ["--num-prompts", "20", "--max-new-tokens", "128"] if gpu else ["--num-prompts", "2", "--max-new-tokens", "24", "--warmup", "1", "--threads", "1"]
+    cycle = ["benchmarks/bench_cycle.py", "--device", dev]
+
+    def cycle_step(shape: str, cap: int, *extra: str):
+        return (f"cycle_{shape}", cap, [*cycle, "--shape", shape, *extra, "--json", f"{{tmp}}/cycle_{shape}.json",
+                                         "--markdown", f"{{tmp}}/cycle_{shape}.md"])
+
     steps = [
         ("gpu_tests", 240 if gpu else 120,
          ["-m", "pytest", "-q", "-rs", "-m", "gpu", "-p", "no:cacheprovider", "--junitxml", "{tmp}/gpu_tests.xml",
           *GPU_TEST_FILES]),
-        ("speculative_full", 120, [*spec, "--json", "{tmp}/speculative_full.json"]),
     ]
+    if gpu:
+        steps.append(cycle_step("llama3-8b", 240))
+    steps.append(("speculative_full", 120, [*spec, "--json", "{tmp}/speculative_full.json"]))
+    steps.append(("tree_kernels", 90, ["benchmarks/bench_tree_kernel.py", "--device", dev, "--json", "{tmp}/tree_kernels.json",
+                                       *(["--check", "--iters", "200"] if gpu else ["--iters", "10"])]))
     steps += [
         (f"speculative_vocab{n}", 90, [*spec, "--draft-vocab", str(n), "--json", f"{{tmp}}/speculative_vocab{n}.json"])
         for n in DEMO_DRAFT_VOCABS
     ]
-    steps.append(("tree_kernels", 90, ["benchmarks/bench_tree_kernel.py", "--device", dev, "--json", "{tmp}/tree_kernels.json",
-                                       *(["--check", "--iters", "200"] if gpu else ["--iters", "10"])]))
-    cycle = ["benchmarks/bench_cycle.py", "--device", dev]
-    if gpu:
-        for shape in ("llama3-8b", "vicuna-7b"):
-            steps.append((f"cycle_{shape}", 240, [*cycle, "--shape", shape, "--json", f"{{tmp}}/cycle_{shape}.json",
-                                                  "--markdown", f"{{tmp}}/cycle_{shape}.md"]))
-    else:
-        steps.append(("cycle_small", 150, [*cycle, "--shape", "small", "--reps", "3", "--loop-tokens", "10",
-                                           "--json", "{tmp}/cycle_small.json", "--markdown", "{tmp}/cycle_small.md"]))
+    steps.append(cycle_step("vicuna-7b", 240) if gpu else cycle_step("small", 150, "--reps", "3", "--loop-tokens", "10"))
     return steps
 
 
