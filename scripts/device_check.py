@@ -95,7 +95,7 @@ class Runner:
         limit = min(cap, left)
         rec = {"command": " ".join(argv), "limit_s": round(limit, 1)}
         self.steps[name] = rec
-        if limit < 10:
+        if left < 10:
             rec.update(ok=False, skipped=True, error=f"skipped: {left:.0f} s of the budget left")
             print(f"[device-check] {name}: SKIPPED ({rec['error']})", flush=True)
             return rec

@@ -75,3 +75,22 @@ def test_gpu_plan_fits_the_device_limits():
     assert names[0] == "gpu_tests" and {"cycle_llama3-8b", "cycle_vicuna-7b", "tree_kernels"} <= set(names)
     assert all(0 < cap <= 300 for _, cap, _ in steps)
     assert any("--check" in argv for _, _, argv in steps)
+
+
+def test_a_hung_step_is_stopped_at_its_limit_and_the_budget_is_kept(tmp_path):
+    import time
+
+    log = tmp_path / "log"
+    log.write_text("")
+    runner = device_check.Runner(log, time.monotonic() + 60, dict())
+    t0 = time.monotonic()
+    # the child starts a grandchild in its group: both must go
+    hang = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); time.sleep(120)"
+    rec = runner.run("hang", 2, [sys.executable, "-c", hang])
+    assert rec["timed_out"] and not rec["ok"] and rec["error"] == "timed out after 2 s"
+    assert time.monotonic() - t0 < 20
+    assert runner.run("fine", 30, [sys.executable, "-c", "print('hello')"])["ok"]
+    assert "hello" in log.read_text()
+    late = device_check.Runner(log, time.monotonic() + 5, dict())
+    rec = late.run("late", 30, [sys.executable, "-c", "pass"])
+    assert rec["skipped"] and not rec["ok"] and "budget" in rec["error"]
