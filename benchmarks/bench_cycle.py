@@ -1,7 +1,10 @@
 """The cost of one GRIFFIN cycle at real model shapes, and the speed-up it projects.
 
-    python benchmarks/bench_cycle.py [--shape llama3-8b --shape vicuna-7b | --shape small]
+    python benchmarks/bench_cycle.py [--shape llama3-8b --shape vicuna-7b | --shape small | --shape demo]
         [--batches 1,4,8] [--reps 20] [--device auto|cpu|cuda] [--json out.json] [--markdown out.md]
+
+Shapes: llama3-8b and vicuna-7b (CUDA; the default there), small (CPU; the default there, what CI
+runs through the device check) and demo (the demo pair's shapes).
 
 Random weights (speed does not depend on their values) at named shapes, built directly on the
 device with the project's own model code: a transformers LLaMA config -> `TargetModel`, a

@@ -60,8 +60,7 @@ def plan(mode: str) -> list[tuple[str, int, list[str]]]:
     cycle = ["benchmarks/bench_cycle.py", "--device", dev]
 
     def cycle_step(shape: str, cap: int, *extra: str):
-        return (f"cycle_{shape}", cap, [*cycle, "--shape", shape, *extra, "--json", f"{{tmp}}/cycle_{shape}.json",
-                                         "--markdown", f"{{tmp}}/cycle_{shape}.md"])
+        return (f"cycle_{shape}", cap, [*cycle, "--shape", shape, *extra, "--json", f"{{tmp}}/cycle_{shape}.json"])
 
     steps = [
         ("gpu_tests", 240 if gpu else 120,
@@ -335,8 +334,9 @@ def to_markdown(res: dict, cycle_md: list[str]) -> str:
             label = "full (2048)" if key == "full" else key.removeprefix("vocab")
             lines.append(f"| {label} | {s['plain_tok_s']:.1f} | {s['griffin_tok_s']:.1f} | {s['speedup']:.2f} | "
                          f"{s['acceptance_length']:.2f} | {s['draft_pass_ms']:.3f} | {s['identical']}/{s['prompts']} |")
-        env0 = next(iter(sp.values()))["env"]
-        lines += ["", f"Prompts: {env0.get('num_prompts', '')} demo held-out windows of Python {env0.get('python')}'s "
+        first = next(iter(sp.values()))
+        env0 = first["env"]
+        lines += ["", f"Prompts: {first['prompts']} demo held-out windows of Python {env0.get('python')}'s "
                   f"stdlib (sha256 {env0.get('prompts_sha256')}), {env0.get('max_new_tokens')} new tokens, greedy."]
     tk = res.get("tree_kernels") or {}
     if tk.get("rows"):
@@ -368,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     site = scratch / "site"
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
     env.pop("TRITON_INTERPRET", None)  # kernels must compile for the GPU, not run interpreted
+    cycle_md: list[str] = []
     res: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     try:
         before = probe(env)
@@ -407,25 +408,24 @@ def main(argv: list[str] | None = None) -> int:
         res["speculative"] = {"full": speculative_summary(_read_json(tmp / "speculative_full.json"))}
         for n in DEMO_DRAFT_VOCABS:
             res["speculative"][f"vocab{n}"] = speculative_summary(_read_json(tmp / f"speculative_vocab{n}.json"))
-        for s in res["speculative"].values():
-            if s:
-                s["env"]["num_prompts"] = s["prompts"]
         res["tree_kernels"] = _read_json(tmp / "tree_kernels.json")
-        cycle_md, cycle = [], None
-        for path in sorted(tmp.glob("cycle_*.json")):
+        cycle = None
+        for path in sorted(tmp.glob("cycle_*.json")):  # one file per shape (separate steps)
             part = _read_json(path)
             if part is None:
                 continue
             if cycle is None:
                 cycle = {k: v for k, v in part.items() if k != "shapes"} | {"shapes": {}}
             cycle["shapes"].update(part["shapes"])
-            md = path.with_suffix(".md")
-            if md.is_file():
-                cycle_md.append(md.read_text())
         res["cycle"] = cycle
         res["missing_figures"] = missing_figures(res, mode)
         res["ok"] = all(s.get("ok") for s in runner.steps.values()) and not res["missing_figures"] and bool(
             res["gpu_tests"] and res["gpu_tests"]["failed"] == 0 and (mode == "cpu" or res["gpu_tests"]["passed"] > 0))
+        if cycle:
+            sys.path.insert(0, str(REPO / "benchmarks"))
+            from bench_cycle import to_markdown as cycle_markdown
+
+            cycle_md = [cycle_markdown(cycle)]
     except Exception as e:  # noqa: BLE001 - whatever broke is reported in the JSON, not lost
         res.setdefault("mode", args.mode)
         res.setdefault("budget_s", args.budget)
@@ -433,7 +433,6 @@ def main(argv: list[str] | None = None) -> int:
         res.setdefault("steps", {})
         res.setdefault("missing_figures", [])
         res.update(ok=False, error=f"{type(e).__name__}: {e}")
-        cycle_md = []
         print(f"[device-check] ERROR: {res['error']}", flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
