@@ -138,14 +138,14 @@ def test_bad_requests_are_refused(pair):
         dec.generate([[1]], 4, SamplingParams(temperature=-1))
 
 
-def _cuda_decoder(pair, cuda_graphs=True, **kw):
+def _cuda_decoder(pair, cuda_graphs=True):
     from griffin_trt.runtime import SpeculativeDecoder
     from griffin_trt.runtime.executors.torch_executor import TorchExecutor
 
     tree, lim = TreeConfig(), Limits(max_batch=4, max_input_len=64, max_output_len=64)
     ex = TorchExecutor.from_paths(*pair, top_k=tree.top_k, target_kv_len=lim.max_seq_len + tree.tree_size,
                                   drafter_kv_len=lim.max_seq_len + tree.max_accept + tree.drafter_slots, max_batch=4,
-                                  device="cuda", cuda_graphs=cuda_graphs, **kw)
+                                  device="cuda", cuda_graphs=cuda_graphs)
     return SpeculativeDecoder(ex, tree, lim)
 
 
@@ -154,17 +154,15 @@ def _cuda_decoder(pair, cuda_graphs=True, **kw):
 @pytest.mark.parametrize("batch", [1, 4])
 def test_cuda_loop_with_triton_tree_kernels_is_exact(pair, batch):
     """CUDA: CUDA-graphed steps + the Triton tree kernels, token-exact vs transformers' greedy on the
-    same GPU, and vs the same loop on CPU."""
+    same GPU."""
     gpu = _cuda_decoder(pair)
     assert gpu.ex.tree_ops().name == "triton" and gpu.expand.__name__ == "expand_frontier_triton"
-    cpu = make_decoder(*pair)
     hf = gpu.ex.pair.target.hf
     prompts = random_prompts(8, 96, seed=9)
     for i in range(0, 8, batch):
         chunk = prompts[i : i + batch]
         got = [r.token_ids for r in gpu.generate(chunk, NEW)]
         assert got == [hf_greedy(hf, p, NEW) for p in chunk]
-        assert got == [r.token_ids for r in cpu.generate(chunk, NEW)]
     assert gpu.ex._target.graphs and gpu.ex._draft.graphs, "no step was captured"
 
 
