@@ -11,7 +11,7 @@ TORCH_VERSION ?= 2.13.0
 # (for example https://download.pytorch.org/whl/cpu); empty: the configured index/find-links.
 TORCH_CPU_INDEX ?=
 
-.PHONY: venv engines generate serve bench test test-gpu clean help
+.PHONY: venv engines generate serve bench test test-gpu device-wheels device-check clean help
 
 help:
 	@echo "make engines  [RECIPE=build/demo.toml]  build graphs/engines + filled triton_repo"
@@ -19,6 +19,8 @@ help:
 	@echo "make serve    [RECIPE=...]              start tritonserver on the built repository"
 	@echo "make bench    [RECIPE=...] [ARGS=...]   gRPC benchmark: GRIFFIN vs plain decoding"
 	@echo "make generate [ARGS='--prompt ...']     one generation from the command line"
+	@echo "make device-wheels                      download the wheels the GPU host lacks into .whl/"
+	@echo "make device-check [OUT=out/device-check] GPU tests + benchmarks, one JSON + markdown (CPU: small shapes)"
 
 # CPU hosts get the CPU torch wheel; pip never pulls CUDA wheels or the TensorRT extra here.
 $(STAMP): pyproject.toml
@@ -52,6 +54,23 @@ test: $(STAMP)
 
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "gpu or tensorrt" $(ARGS)
+
+# GPU host (see README "GPU host"): it has torch, triton, numpy 2 and transformers but no internet.
+# device-wheels runs here (pip works here), device-check there, with .whl/ carried along.
+WHEEL_DIR := .whl
+OUT ?= out/device-check
+DEVICE_PY := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+DEVICE_PLATFORMS := $(foreach p,manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux1,--platform $(p)_x86_64)
+
+device-wheels:
+	mkdir -p $(WHEEL_DIR)
+	$(DEVICE_PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  $(DEVICE_PLATFORMS) -d $(WHEEL_DIR) -r scripts/device_wheels.txt
+	@$(DEVICE_PY) -c "import pathlib,sys; n=sum(f.stat().st_size for f in pathlib.Path('$(WHEEL_DIR)').glob('*.whl')); \
+	  print(f'$(WHEEL_DIR): {n/1e6:.1f} MB of wheels'); sys.exit('over the 60 MB to carry' if n > 60e6 else 0)"
+
+device-check:
+	$(DEVICE_PY) scripts/device_check.py $(OUT) $(ARGS)
 
 clean:
 	rm -rf engines .pytest_cache

@@ -6,11 +6,17 @@ forward), and whether the greedy outputs were identical (they must be).
 
     python benchmarks/bench_speculative.py --recipe build/demo.toml [--backend torch|onnxruntime]
         [--prompts demo-heldout|PATH.jsonl] [--num-prompts 20] [--max-new-tokens 128] [--json out.json]
-        [--threads N] [--tree K,DEPTH,TOTAL]
+        [--threads N] [--tree K,DEPTH,TOTAL] [--draft-vocab N [--token-counts TABLE.json]]
+
+`--draft-vocab N` drafts among the N most frequent ids of the token-counts table (default: the demo
+pair's, griffin_trt/demo/token_counts.json); the summary's `draft_pass_ms` is the median wall time
+of one drafter pass over the k-node frontier.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import platform
 import statistics
@@ -23,6 +29,7 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+DEMO_TOKEN_COUNTS = REPO / "griffin_trt" / "demo" / "token_counts.json"
 
 from griffin_trt.recipe import TreeConfig, load_recipe  # noqa: E402
 from griffin_trt.runtime import SamplingParams, SpeculativeDecoder, load_runtime  # noqa: E402
@@ -37,7 +44,40 @@ def load_prompts(spec: str, runtime, n: int) -> list[dict]:
     return [{"category": r.get("category", "all"), "ids": runtime.encode(r["prompt"])} for r in rows[:n]]
 
 
-def main() -> int:
+class PassTimer:
+    """Wraps an executor's draft_step and times every frontier pass (T = k): CUDA events on CUDA
+    (recorded without a host sync, so the loop keeps its CPU/GPU overlap), the host clock elsewhere."""
+
+    def __init__(self, ex, frontier: int):
+        self.step, self.frontier = ex.draft_step, frontier
+        self.marks: list = []
+        self.on = False
+
+    def __call__(self, features, tokens, *rest):
+        if not self.on or tokens.shape[1] != self.frontier:
+            return self.step(features, tokens, *rest)
+        if tokens.is_cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = self.step(features, tokens, *rest)
+            end.record()
+            self.marks.append((start, end))
+            return out
+        t0 = time.perf_counter()
+        out = self.step(features, tokens, *rest)
+        self.marks.append(1e3 * (time.perf_counter() - t0))
+        return out
+
+    def median_ms(self) -> float | None:
+        if not self.marks:
+            return None
+        if isinstance(self.marks[0], tuple):
+            torch.cuda.synchronize()
+            return statistics.median(s.elapsed_time(e) for s, e in self.marks)
+        return statistics.median(self.marks)
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", type=Path, default=REPO / "build" / "demo.toml")
     ap.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "tensorrt"))
@@ -50,12 +90,17 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--tree", default=None, metavar="K,DEPTH,TOTAL",
                     help="another dynamic tree (top_k <= the recipe's) on the same executor, e.g. 1,6,7")
+    ap.add_argument("--draft-vocab", type=int, default=None, metavar="N",
+                    help="draft among the N most frequent ids of --token-counts (torch back end)")
+    ap.add_argument("--token-counts", type=Path, default=DEMO_TOKEN_COUNTS)
     ap.add_argument("--json", type=Path, default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe)
+    if args.draft_vocab is not None:
+        recipe = dataclasses.replace(recipe, draft_vocab=args.draft_vocab, token_counts=args.token_counts.resolve())
     rt = load_runtime(recipe, build_dir=args.build_dir, backend=args.backend, device=args.device)
     tree = recipe.tree
     if args.tree:
@@ -63,6 +108,9 @@ def main() -> int:
         tree = TreeConfig(top_k=k, depth=depth, total_tokens=total)
         rt.decoder = SpeculativeDecoder(rt.decoder.ex, tree, recipe.limits, rt.eos_ids)
     prompts = load_prompts(args.prompts, rt, args.num_prompts)
+    timer = PassTimer(rt.decoder.ex, tree.top_k)
+    if not tree.choices:
+        rt.decoder.ex.draft_step = timer
     greedy = SamplingParams()
     n_new = min(args.max_new_tokens, recipe.limits.max_output_len)
     for p in prompts[: args.warmup]:
@@ -73,6 +121,7 @@ def main() -> int:
     for p in tqdm(prompts, desc="prompts", unit="prompt"):
         row = {"category": p["category"], "prompt_tokens": len(p["ids"])}
         for mode, spec in (("griffin", True), ("plain", False)):
+            timer.on = spec
             t0 = time.perf_counter()
             r = rt.decoder.generate([p["ids"]], n_new, greedy, speculative=spec)[0]
             dt = time.perf_counter() - t0
@@ -110,6 +159,7 @@ def main() -> int:
     cats = sorted({r["category"] for r in rows})
     summary = {c: agg([r for r in rows if r["category"] == c]) for c in cats}
     summary["all"] = agg(rows)
+    summary["all"]["draft_pass_ms"] = timer.median_ms()
     env = {
         "recipe": str(args.recipe),
         "backend": args.backend,
@@ -119,8 +169,15 @@ def main() -> int:
         "torch": torch.__version__,
         "max_new_tokens": n_new,
         "tree": tree.__dict__,
+        "draft_vocab": recipe.draft_vocab,
+        "vocab_size": rt.decoder.ex.spec.vocab_size,
+        "python": platform.python_version(),
+        # held-out prompts come from the running Python's stdlib: say which ones were used
+        "prompts_sha256": hashlib.sha256(json.dumps([p["ids"] for p in prompts]).encode()).hexdigest()[:16],
     }
     print(f"\n{env}")
+    if summary["all"]["draft_pass_ms"] is not None:
+        print(f"drafter pass over the {tree.top_k}-node frontier: {summary['all']['draft_pass_ms']:.3f} ms (median)")
     print(f"{'category':<14}{'n':>4}{'plain tok/s':>13}{'GRIFFIN tok/s':>15}{'ratio':>8}{'tau':>7}{'draft%':>8}{'same':>7}")
     for c, s in summary.items():
         print(

@@ -1,4 +1,4 @@
-"""`griffin-trt`: build / generate / serve / bench / client.
+"""`griffin-trt`: build / draft-vocab / generate / serve / bench / client.
 
 Subcommands live with the code they drive; each module's `register(subparsers)` adds its parser.
 Heavy imports (torch, onnx, tritonclient) happen inside the commands, so `--help` stays fast.
@@ -16,6 +16,7 @@ DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "build" / "demo.toml"
 # module -> subcommands it registers; a module that is missing on this install is skipped.
 COMMAND_MODULES = (
     "griffin_trt.builders.build_engines",
+    "griffin_trt.builders.token_counts",
     "griffin_trt.serving.server",
     "griffin_trt.client.bench",
     "griffin_trt.client.client",

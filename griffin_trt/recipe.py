@@ -77,6 +77,10 @@ class Recipe:
     tree: TreeConfig = field(default_factory=TreeConfig)
     limits: Limits = field(default_factory=Limits)
     source: Path | None = None
+    # Reduced draft vocabulary: the drafter drafts among the `draft_vocab` most frequent ids of the
+    # `token_counts` table (griffin_trt/models/draft_vocab.py); None: the whole vocabulary.
+    draft_vocab: int | None = None
+    token_counts: Path | None = None
 
     # KV capacities are derived here, once, so executors, exporters and engines agree on them.
     @property
@@ -102,7 +106,7 @@ class Recipe:
 
 _SCHEMA: dict[str, set[str]] = {
     "": {"name", "model", "tree", "limits", "build"},
-    "model": {"target", "drafter", "tokenizer", "dtype"},
+    "model": {"target", "drafter", "tokenizer", "dtype", "draft_vocab", "token_counts"},
     "tree": {"top_k", "depth", "total_tokens", "choices"},
     "limits": {"max_batch", "max_input_len", "max_output_len"},
     "build": {"backend", "device", "output_dir", "fp8"},
@@ -203,8 +207,20 @@ def recipe_from_dict(
     drafter = _path(model["drafter"], "drafter", base, where, check_paths)
     tokenizer = _path(model.get("tokenizer", model["target"]), "tokenizer", base, where, check_paths)
     dtype = _choice(model, "dtype", "float32", DTYPES, where)
+    draft_vocab, token_counts = None, None
+    if "draft_vocab" in model:
+        draft_vocab = _int(model, "draft_vocab", 0, 1, 1 << 24, where)
+        if "token_counts" not in model:
+            raise RecipeError(
+                f"{where}: draft_vocab needs [model] token_counts, a table written by `griffin-trt draft-vocab`"
+            )
+        token_counts = _path(model["token_counts"], "token_counts", base, where, check_paths)
+    elif "token_counts" in model:
+        raise RecipeError(f"{where}: token_counts is only used with [model] draft_vocab (the draft vocabulary size)")
 
     tree = parse_tree(data.get("tree", {}), where)
+    if draft_vocab is not None and draft_vocab < tree.top_k:
+        raise RecipeError(f"{where}: draft_vocab = {draft_vocab} is smaller than the tree's top_k = {tree.top_k}")
     lim = data.get("limits", {})
     limits = Limits(
         max_batch=_int(lim, "max_batch", 1, 1, 256, where),
@@ -232,4 +248,6 @@ def recipe_from_dict(
         tree=tree,
         limits=limits,
         source=source,
+        draft_vocab=draft_vocab,
+        token_counts=token_counts,
     )

@@ -21,7 +21,7 @@ def make_decoder(target, drafter, tree=TreeConfig(), limits=Limits(max_batch=4, 
 
 def hf_greedy(hf_model, prompt: list[int], n: int, eos: int | None = None) -> list[int]:
     """transformers' own greedy generate: the ground truth for lossless decoding."""
-    ids = torch.tensor([prompt])
+    ids = torch.tensor([prompt], device=hf_model.device)
     out = hf_model.generate(
         ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, eos_token_id=eos,
         pad_token_id=eos if eos is not None else 0,

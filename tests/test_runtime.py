@@ -138,40 +138,42 @@ def test_bad_requests_are_refused(pair):
         dec.generate([[1]], 4, SamplingParams(temperature=-1))
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: the kernel-driven loop runs on GPU hosts")
-def test_cuda_loop_with_triton_tree_kernels_is_exact(pair):
-    from griffin_trt.runtime.executors.torch_executor import TorchExecutor
-    from griffin_trt.runtime import SpeculativeDecoder
-
-    cpu = make_decoder(*pair)
-    lim = cpu.limits
-    tree = cpu.tree
-    ex = TorchExecutor.from_paths(*pair, top_k=tree.top_k, target_kv_len=cpu.ex.spec.target_kv_len,
-                                  drafter_kv_len=cpu.ex.spec.drafter_kv_len, max_batch=4, device="cuda")
-    gpu = SpeculativeDecoder(ex, tree, lim)
-    assert gpu.expand.__name__ == "expand_frontier_triton"
-    prompts = random_prompts(8, 96, seed=9)
-    for i in range(0, 8, 4):
-        a = cpu.generate(prompts[i : i + 4], NEW)
-        b = gpu.generate(prompts[i : i + 4], NEW)
-        assert [r.token_ids for r in a] == [r.token_ids for r in b]
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: CUDA graphs need one")
-def test_cuda_graphs_replay_gives_the_eager_tokens(pair):
+def _cuda_decoder(pair, cuda_graphs=True):
     from griffin_trt.runtime import SpeculativeDecoder
     from griffin_trt.runtime.executors.torch_executor import TorchExecutor
 
     tree, lim = TreeConfig(), Limits(max_batch=4, max_input_len=64, max_output_len=64)
-    kw = dict(top_k=tree.top_k, target_kv_len=lim.max_seq_len + tree.tree_size,
-              drafter_kv_len=lim.max_seq_len + tree.max_accept + tree.drafter_slots, max_batch=4, device="cuda")
-    graphed = SpeculativeDecoder(TorchExecutor.from_paths(*pair, cuda_graphs=True, **kw), tree, lim)
-    eager = SpeculativeDecoder(TorchExecutor.from_paths(*pair, cuda_graphs=False, **kw), tree, lim)
+    ex = TorchExecutor.from_paths(*pair, top_k=tree.top_k, target_kv_len=lim.max_seq_len + tree.tree_size,
+                                  drafter_kv_len=lim.max_seq_len + tree.max_accept + tree.drafter_slots, max_batch=4,
+                                  device="cuda", cuda_graphs=cuda_graphs)
+    return SpeculativeDecoder(ex, tree, lim)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: the kernel-driven loop runs on GPU hosts")
+@pytest.mark.parametrize("batch", [1, 4])
+def test_cuda_loop_with_triton_tree_kernels_is_exact(pair, batch):
+    """CUDA: CUDA-graphed steps + the Triton tree kernels, token-exact vs transformers' greedy on the
+    same GPU."""
+    gpu = _cuda_decoder(pair)
+    assert gpu.ex.tree_ops().name == "triton" and gpu.expand.__name__ == "expand_frontier_triton"
+    hf = gpu.ex.pair.target.hf
+    prompts = random_prompts(8, 96, seed=9)
+    for i in range(0, 8, batch):
+        chunk = prompts[i : i + batch]
+        got = [r.token_ids for r in gpu.generate(chunk, NEW)]
+        assert got == [hf_greedy(hf, p, NEW) for p in chunk]
+    assert gpu.ex._target.graphs and gpu.ex._draft.graphs, "no step was captured"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: CUDA graphs need one")
+@pytest.mark.parametrize("batch", [1, 4])
+def test_cuda_graphs_replay_gives_the_eager_tokens(pair, batch):
+    graphed, eager = _cuda_decoder(pair, cuda_graphs=True), _cuda_decoder(pair, cuda_graphs=False)
     prompts = random_prompts(8, 96, seed=13)
-    for i in range(0, 8, 4):
-        a = eager.generate(prompts[i : i + 4], NEW)
-        b = graphed.generate(prompts[i : i + 4], NEW)
+    for i in range(0, 8, batch):
+        a = eager.generate(prompts[i : i + batch], NEW)
+        b = graphed.generate(prompts[i : i + batch], NEW)
         assert [r.token_ids for r in a] == [r.token_ids for r in b]
     assert graphed.ex._target.graphs, "no step was captured"

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 TARGET_ONNX = "target.onnx"
 DRAFTER_ONNX = "drafter.onnx"
 TOKENIZER_DIR = "tokenizer"
+TOKEN_COUNTS = "token_counts.json"  # the draft-vocabulary table the drafter graph was built with
 
 
 class BuildError(RuntimeError):
@@ -125,7 +126,10 @@ def build(
         with steps.step("load models"):
             from ..models import load_pair, load_tokenizer, stop_token_ids
 
-            pair = load_pair(recipe.target, recipe.drafter, top_k=recipe.tree.top_k, dtype=recipe.dtype, device="cpu")
+            pair = load_pair(recipe.target, recipe.drafter, top_k=recipe.tree.top_k, dtype=recipe.dtype, device="cpu",
+                             draft_vocab=recipe.draft_vocab, token_counts=recipe.token_counts)
+            if recipe.draft_vocab is not None:
+                shutil.copyfile(recipe.token_counts, tmp / TOKEN_COUNTS)
             vocab_size, hidden_size = pair.target.vocab_size, pair.target.hidden_size
 
         from .export_onnx import export_drafter, export_target
@@ -189,6 +193,7 @@ def build(
                 "tree_finalize_onnx": tree_graphs["finalize"].name if tree_graphs else None,
                 "tree_expand_engine": engines.get("tree_expand_engine"),
                 "tree_finalize_engine": engines.get("tree_finalize_engine"),
+                "token_counts": TOKEN_COUNTS if recipe.draft_vocab is not None else None,
             }
             hashed = [p.relative_to(tmp).as_posix() for p in rt.files + rd.files]
             hashed += [v for k, v in files.items() if v and k not in ("target_onnx", "drafter_onnx")]
@@ -205,6 +210,7 @@ def build(
                 gpu=engines.get("gpu"),
                 gpu_capability=engines.get("gpu_capability"),
                 notes=notes,
+                draft_vocab=recipe.draft_vocab,
             )
         _check_replaceable(out)  # again: something may have appeared there meanwhile
         _swap_into_place(tmp, out)

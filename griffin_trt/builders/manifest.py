@@ -7,9 +7,9 @@ file name from here. Schema (format 1; key names are an interface, keep them):
      "tree": {"top_k", "depth", "total_tokens", "choices"},
      "limits": {"max_batch", "max_input_len", "max_output_len"},
      "target_kv_len": int, "drafter_kv_len": int, "vocab_size": int, "hidden_size": int,
-     "eos_token_ids": [int],
+     "eos_token_ids": [int], "draft_vocab": int | null,
      "files": {"target_onnx", "drafter_onnx", "target_engine" | null, "drafter_engine" | null,
-               "plugin" | null, "tokenizer": "tokenizer"},
+               "plugin" | null, "tokenizer": "tokenizer", "token_counts" | null, ...},
      "sha256": {relative path: hex digest},
      "versions": {"griffin_trt", "torch", "transformers", "onnx", "onnxruntime", "tensorrt" | null},
      "gpu": str | null, "gpu_capability": "major.minor" | null, "notes": [str]}
@@ -31,6 +31,7 @@ FILE_KEYS = (
     "target_onnx", "drafter_onnx", "target_engine", "drafter_engine", "plugin", "tokenizer",
     # the draft-tree plugin graphs and their engines (dynamic trees only)
     "tree_expand_onnx", "tree_finalize_onnx", "tree_expand_engine", "tree_finalize_engine",
+    "token_counts",  # the draft-vocabulary frequency table (with a reduced draft vocabulary only)
 )
 REQUIRED = (
     "format", "name", "recipe", "backend", "dtype", "tree", "limits", "target_kv_len", "drafter_kv_len",
@@ -115,6 +116,7 @@ def write_manifest(
     gpu: str | None = None,
     gpu_capability: str | None = None,
     notes: list[str] | None = None,
+    draft_vocab: int | None = None,
 ) -> Path:
     """Write `out_dir/manifest.json` (atomically) and return its path.
 
@@ -156,6 +158,7 @@ def write_manifest(
         "vocab_size": int(vocab_size),
         "hidden_size": int(hidden_size),
         "eos_token_ids": [int(t) for t in eos_token_ids],
+        "draft_vocab": draft_vocab,
         "files": files,
         "sha256": hash_files(out_dir, hashed if hashed is not None else [v for v in files.values() if v]),
         "versions": package_versions(tensorrt_version),

@@ -244,13 +244,35 @@ class DraftStep(nn.Module):
 
     Returns (topk_logprobs float32 [B, T, k], topk_ids int64 [B, T, k], regressed features [B, T, H],
     caches). Returning k candidates instead of full-vocabulary logits keeps the engine's output small.
+
+    `vocab_ids` (int64 [N], see `draft_vocab.py`) restricts the head and the top-k to N target ids:
+    the head keeps only their rows, log-probabilities are normalised over them, and the chosen
+    positions are mapped back to target ids here, so every exported graph and executor gets it.
     """
 
-    def __init__(self, drafter: GriffinDrafter, lm_head: nn.Linear, top_k: int):
+    def __init__(self, drafter: GriffinDrafter, lm_head: nn.Linear, top_k: int, vocab_ids: torch.Tensor | None = None):
         super().__init__()
         self.drafter = drafter
-        self.lm_head = lm_head
         self.top_k = top_k
+        self.draft_vocab = None
+        if vocab_ids is None:
+            self.lm_head = lm_head
+            return
+        vocab = lm_head.weight.shape[0]
+        ids = torch.as_tensor(vocab_ids, dtype=torch.int64).flatten()
+        if ids.numel() < top_k:
+            raise ValueError(f"the draft vocabulary has {ids.numel()} ids, fewer than top_k = {top_k}")
+        if ids.min() < 0 or ids.max() >= vocab or ids.unique().numel() != ids.numel():
+            raise ValueError(f"draft vocabulary ids must be distinct and in [0, {vocab})")
+        w = lm_head.weight
+        head = nn.Linear(w.shape[1], ids.numel(), bias=lm_head.bias is not None, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            head.weight.copy_(w[ids.to(w.device)])
+            if lm_head.bias is not None:
+                head.bias.copy_(lm_head.bias[ids.to(w.device)])
+        self.lm_head = head.requires_grad_(False)
+        self.draft_vocab = ids.numel()
+        self.register_buffer("vocab_ids", ids.to(w.device))
 
     def forward(self, features, tokens, positions, write_index, mask, k_cache, v_cache):
         out_hidden, regress, k_cache, v_cache = self.drafter(
@@ -258,4 +280,6 @@ class DraftStep(nn.Module):
         )
         logp = torch.log_softmax(self.lm_head(out_hidden).float(), dim=-1)
         vals, ids = torch.topk(logp, self.top_k, dim=-1)
+        if self.draft_vocab is not None:
+            ids = self.vocab_ids[ids]
         return vals, ids, regress, k_cache, v_cache

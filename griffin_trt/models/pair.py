@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import CheckpointError
+from .draft_vocab import load_draft_vocab
 from .drafter import DraftStep, GriffinDrafter, load_drafter
 from .target import TORCH_DTYPES, TargetModel, load_target
 
@@ -19,9 +21,21 @@ class ModelPair:
 
 
 def load_pair(
-    target_dir: str | Path, drafter_dir: str | Path, top_k: int, dtype: str = "float32", device: str = "cpu"
+    target_dir: str | Path,
+    drafter_dir: str | Path,
+    top_k: int,
+    dtype: str = "float32",
+    device: str = "cpu",
+    draft_vocab: int | None = None,
+    token_counts: str | Path | None = None,
 ) -> ModelPair:
+    """draft_vocab/token_counts: draft among the draft_vocab most frequent ids of that table."""
     target = load_target(target_dir, dtype=dtype, device=device)
+    vocab_ids = None
+    if draft_vocab is not None:
+        if token_counts is None:
+            raise CheckpointError("draft_vocab needs a token-counts table (`griffin-trt draft-vocab`)")
+        vocab_ids = load_draft_vocab(token_counts, draft_vocab, target.vocab_size)
     drafter = load_drafter(
         drafter_dir,
         target_hidden_size=target.hidden_size,
@@ -30,7 +44,7 @@ def load_pair(
         dtype=TORCH_DTYPES[dtype],
         device=device,
     )
-    return ModelPair(target, drafter, DraftStep(drafter, target.lm_head, top_k))
+    return ModelPair(target, drafter, DraftStep(drafter, target.lm_head, top_k, vocab_ids))
 
 
 def load_tokenizer(folder: str | Path):

@@ -45,6 +45,8 @@ def load_runtime(
             max_batch=recipe.limits.max_batch,
             dtype=recipe.dtype,
             device=str(dev),
+            draft_vocab=recipe.draft_vocab,
+            token_counts=recipe.token_counts,
         )
         tok_dir = recipe.tokenizer
     else:
@@ -53,9 +55,24 @@ def load_runtime(
                 f"{build_dir} has no manifest.json: run `griffin-trt build --recipe {recipe.source}` first "
                 f"(or use --backend torch)"
             )
+        _check_draft_vocab(recipe, build_dir)
         executor = make_executor(backend, build_dir=build_dir, max_batch=recipe.limits.max_batch)
         tok_dir = build_dir / "tokenizer" if (build_dir / "tokenizer").is_dir() else recipe.tokenizer
     tokenizer = load_tokenizer(tok_dir)
     eos = frozenset(stop_token_ids(recipe.target, tokenizer))
     decoder = SpeculativeDecoder(executor, recipe.tree, recipe.limits, eos)
     return Runtime(decoder, tokenizer, recipe, eos, backend)
+
+
+def _check_draft_vocab(recipe: Recipe, build_dir: Path) -> None:
+    """The drafter graph bakes the draft vocabulary in: refuse a build made with another one."""
+    from ..builders.manifest import read_manifest, sha256_file
+
+    m = read_manifest(build_dir)
+    built = m.get("draft_vocab")
+    rebuild = f"rebuild with `griffin-trt build --recipe {recipe.source}`"
+    if built != recipe.draft_vocab:
+        raise ValueError(f"{build_dir} was built with draft_vocab = {built} but the recipe says {recipe.draft_vocab}; {rebuild}")
+    table = m["files"].get("token_counts")
+    if built is not None and m["sha256"].get(table) != sha256_file(recipe.token_counts):
+        raise ValueError(f"{build_dir} was built from another token-counts table than {recipe.token_counts}; {rebuild}")

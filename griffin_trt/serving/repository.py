@@ -42,14 +42,17 @@ def recipe_as_toml_dict(recipe) -> dict[str, Any]:
     tree: dict[str, Any] = {"top_k": recipe.tree.top_k, "depth": recipe.tree.depth, "total_tokens": recipe.tree.total_tokens}
     if recipe.tree.choices:
         tree["choices"] = [list(c) for c in recipe.tree.choices]
+    model = {
+        "target": str(Path(recipe.target).resolve()),
+        "drafter": str(Path(recipe.drafter).resolve()),
+        "tokenizer": str(Path(recipe.tokenizer).resolve()),
+        "dtype": recipe.dtype,
+    }
+    if recipe.draft_vocab is not None:
+        model.update(draft_vocab=recipe.draft_vocab, token_counts=str(Path(recipe.token_counts).resolve()))
     return {
         "name": recipe.name,
-        "model": {
-            "target": str(Path(recipe.target).resolve()),
-            "drafter": str(Path(recipe.drafter).resolve()),
-            "tokenizer": str(Path(recipe.tokenizer).resolve()),
-            "dtype": recipe.dtype,
-        },
+        "model": model,
         "tree": tree,
         "limits": {
             "max_batch": recipe.limits.max_batch,
@@ -107,6 +110,7 @@ def fill_values(recipe, out_dir: Path, manifest: dict | None = None) -> dict[str
         "dynamic_tree_max_topK": tree.top_k,
         "max_total_draft_tokens": tree.tree_size - 1,
         "max_draft_len": tree.max_accept - 1,
+        "draft_vocab": recipe.draft_vocab or 0,  # 0: the drafter drafts over the whole vocabulary
         "python_path": os.pathsep.join(python_path_entries()),
         "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
         "python_executable": sys.executable,

@@ -86,10 +86,13 @@ class TorchExecutor(Executor):
         dtype: str = "float32",
         device: str = "cpu",
         cuda_graphs: bool = True,
+        draft_vocab: int | None = None,
+        token_counts: str | Path | None = None,
     ) -> "TorchExecutor":
         if dtype not in TORCH_DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {list(TORCH_DTYPES)}")
-        pair = load_pair(target, drafter, top_k=top_k, dtype=dtype, device=device)
+        pair = load_pair(target, drafter, top_k=top_k, dtype=dtype, device=device, draft_vocab=draft_vocab,
+                         token_counts=token_counts)
         return cls(pair, target_kv_len, drafter_kv_len, max_batch, cuda_graphs)
 
     def reset(self, batch: int) -> None:
