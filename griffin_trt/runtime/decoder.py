@@ -174,9 +174,10 @@ class _Run:
             c = cols[None, None, :]
             return (c <= pos[:, :, None]) & (c < lens[:, None, None])
 
-        logits, hidden = self.ex.target_step(tokens, pos, pos, causal(self.d._cols_t))
         last = lens - 1
-        first = self._pick(logits[self.rows, last])
+        # Logits of each prompt's last token only ([B, 1, V] instead of [B, P, V]).
+        logits, hidden = self.ex.target_step(tokens, pos, pos, causal(self.d._cols_t), logit_index=last[:, None])
+        first = self._pick(logits[:, 0])
         self._sync()
         for r in self.results:
             r.prefill_time_s = time.perf_counter() - t0
