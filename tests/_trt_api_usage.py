@@ -6,7 +6,8 @@ from a type annotation). Roots are found where the code binds the modules: `impo
 `X = importlib.import_module("tensorrt")`, and the parameters named `trt` / `trtp` (our convention
 for passing the modules around). Values flow through assignments (locals and `self.x` attributes
 of a class), and string annotations such as `ctx: "trt.IExecutionContext"` type a local or a
-parameter whose value the AST cannot follow (an element of a list, an argument). The checker
+parameter whose value the AST cannot follow (an element of a list, an argument); in annotations
+`trt` / `trtp` always name the modules. The checker
 (`_trt_bindings_check.py`) resolves every chain against the real bindings of one TensorRT version.
 
 Standard library only; `python tests/_trt_api_usage.py` prints the chains.
@@ -47,7 +48,7 @@ class _Walker:
                 return None
         if node is None:
             return None
-        val = self.eval(node, env, record=False)
+        val = self.eval(node, {**{k: (v, ()) for k, v in PARAM_ROOTS.items()}, **env}, record=False)
         return (val[0], val[1] + (("new",),)) if val else None
 
     def eval(self, node, env, record=True):

@@ -23,6 +23,8 @@ FLAVOURS = (INPLACE, COPY)
 # TensorScatter -> KV-cache-update lowering and ICudaEngine.get_aliased_input_tensor from 10.15.
 PLUGIN_MIN_TENSORRT = (10, 9)
 INPLACE_MIN_TENSORRT = (10, 15)
+# The TensorRT API only in-place builds use (absent before INPLACE_MIN_TENSORRT).
+INPLACE_ONLY_API = ("ICudaEngine.get_aliased_input_tensor",)
 
 COPY_PAIRS = (("k_cache", "k_cache_out"), ("v_cache", "v_cache_out"))
 
