@@ -1,6 +1,8 @@
 """ONNX export of the target and drafter steps, and the onnxruntime executor against the torch one."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -349,3 +351,28 @@ def test_greedy_generation_is_token_exact_with_the_torch_executor(graphs, pair_d
         plain = dec.generate(prompts, max_new_tokens=12, speculative=False)
         assert [r.token_ids for r in plain] == outs[-1]  # lossless against plain greedy
     assert outs[0] == outs[1]
+
+
+def test_kv_bytes_report_reads_the_graphs_and_matches_the_executor(graphs, pair_dirs, recipe):
+    """benchmarks/kv_bytes.py's figures, on this tiny pair: the graph-derived bytes equal the cache
+    geometry, and the memory held equals what the onnxruntime executor allocates."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import kv_bytes
+
+    t, d = graphs
+    info = kv_bytes.graph_figures(t.path)
+    layers, kvh, head_dim, elem = 2, 2, HIDDEN // 4, 4
+    per_row_layer = kvh * recipe.target_kv_len * head_dim * elem * 2  # K and V
+    b, tt = 2, 5
+    c = kv_bytes.call_bytes(info, b, tt, layers_exported=layers)
+    scale = kv_bytes.LLAMA3_8B["layers"] / layers
+    assert c["attention"] == b * layers * per_row_layer * scale
+    ort_ex, _ = _executors(pair_dirs, recipe, t.path, d.path, max_batch=b)
+    assert c["held"] == ort_ex._tc.nbytes * scale
+    if _flavour(t) == "copy":
+        assert c["read"] == c["written"] == c["attention"] and c["held"] == 2 * c["attention"]
+    else:
+        assert c["read"] == c["written"] == b * layers * (kvh * tt * head_dim * elem * 2) * scale
+        assert c["held"] == c["attention"]
