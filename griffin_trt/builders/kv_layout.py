@@ -19,9 +19,8 @@ INPLACE = "inplace"
 COPY = "copy"
 FLAVOURS = (INPLACE, COPY)
 
-# TensorRT versions: Python plugins with aot_impl and PREFER_*_PYTHON_PLUGINS exist from 10.9; the
-# TensorScatter -> KV-cache-update lowering and ICudaEngine.get_aliased_input_tensor from 10.15.
-PLUGIN_MIN_TENSORRT = (10, 9)
+# The TensorScatter -> KV-cache-update lowering and ICudaEngine.get_aliased_input_tensor exist from
+# TensorRT 10.15 (the plugins' own floor, 10.9, is griffin_trt.tree.trt_plugin.MIN_TENSORRT).
 INPLACE_MIN_TENSORRT = (10, 15)
 # The TensorRT API only in-place builds use (absent before INPLACE_MIN_TENSORRT).
 INPLACE_ONLY_API = ("ICudaEngine.get_aliased_input_tensor",)
