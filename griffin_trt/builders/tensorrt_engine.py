@@ -27,7 +27,10 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # string annotations name TensorRT's classes; never imported at run time here
+    import tensorrt as trt
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,6 +33,9 @@ from ...builders.manifest import ManifestError, build_file, check_tensorrt_versi
 from ...tree.ops import TreeOps, default_tree_ops
 from ...tree.structure import DraftTree
 from .base import CacheExecutor, ExecutorSpec, LayerCaches, caches_for, logit_rows
+
+if TYPE_CHECKING:  # string annotations name TensorRT's classes; never imported at run time here
+    import tensorrt as trt
 
 log = logging.getLogger(__name__)
 
