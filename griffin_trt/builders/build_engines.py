@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .manifest import MANIFEST, ManifestError
+from .tensorrt_engine import EngineBuildError
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,9 @@ def build(
     backend = backend or recipe.backend
     if backend not in BACKENDS:
         raise BuildError(f"backend {backend!r} is not one of {list(BACKENDS)}")
-    trt_ok, trt_reason = (False, "--skip-engines") if skip_engines else tensorrt_engine.available()
-    flavour, flavour_note = _pick_flavour(kv_flavour, trt_reason if trt_ok else None, onnx_exporter)
+    # (True, TensorRT version) or (False, why not)
+    trt_ok, trt_info = (False, "--skip-engines") if skip_engines else tensorrt_engine.available()
+    flavour, flavour_note = _pick_flavour(kv_flavour, trt_info if trt_ok else None, onnx_exporter)
     _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
@@ -171,7 +173,7 @@ def build(
                 )
                 notes += engines.get("notes", [])
             else:
-                msg = f"TensorRT not available ({trt_reason}): built ONNX graphs only; the onnxruntime back end serves them"
+                msg = f"TensorRT not available ({trt_info}): built ONNX graphs only; the onnxruntime back end serves them"
                 steps.say(msg)
                 notes.append(msg)
                 if backend == "tensorrt":
@@ -289,7 +291,7 @@ def run_build(args: argparse.Namespace) -> int:
             recipe, args.out, progress=not args.quiet, backend=args.backend, skip_engines=args.skip_engines,
             onnx_exporter=args.exporter, kv_flavour=args.kv_flavour,
         )
-    except (BuildError, ManifestError) as e:
+    except (BuildError, ManifestError, EngineBuildError) as e:
         print(f"griffin-trt build: error: {e}", file=sys.stderr)
         return 1
     print(f"built {recipe.name} into {out} in {time.perf_counter() - t0:.1f} s")

@@ -9,6 +9,9 @@ Cache bookkeeping per row b, with ctx[b] the number of target tokens already in 
   accepted path is then moved to ctx, ctx + 1, ...
 - the drafter's entry t pairs target feature h_t with token x_(t+1), so its stable part also has
   ctx entries; draft passes write scratch entries after it, overwritten next round.
+- every call writes one contiguous run of slots per row (prefill 0..P-1, verify ctx + 0..T-1,
+  drafter update ctx + 0..A-1, dynamic draft pass i at ctx + i*k + 0..k-1, static level at its
+  consecutive columns): the in-place KV graphs' TensorScatter relies on it, executors check it.
 """
 from __future__ import annotations
 
