@@ -109,6 +109,8 @@ def test_build_layout_and_manifest(built, workspace):
     assert m["files"]["target_onnx"] == "target.onnx" and m["files"]["drafter_onnx"] == "drafter.onnx"
     assert m["files"]["tokenizer"] == "tokenizer"
     assert m["files"]["target_engine"] is None and m["files"]["plugin"] is None
+    # the TorchScript exporter cannot write TensorScatter (opset 24): copy-flavour KV caches
+    assert m["kv_flavour"] == "copy" and any(n.startswith("KV caches: copy flavour") for n in m["notes"])
     assert {"target.onnx", "drafter.onnx", "tokenizer/tokenizer.json"} <= set(m["sha256"])
     assert set(m["versions"]) == {"griffin_trt", "torch", "transformers", "onnx", "onnxruntime", "tensorrt"}
     assert m["versions"]["torch"] == torch.__version__
@@ -233,6 +235,21 @@ def test_read_manifest_errors(built, tmp_path):
     read_manifest(copy)  # without verification it loads
     with pytest.raises(ManifestError, match="drafter.onnx \\(checksum differs\\)"):
         read_manifest(copy, verify_hashes=True)
+
+
+def test_kv_flavour_follows_the_host_tensorrt():
+    pick = be._pick_flavour
+    assert pick("auto", None, "dynamo")[0] == "inplace"  # onnxruntime serves the graphs
+    assert pick("auto", "10.15.1.29", "dynamo")[0] == "inplace"
+    assert pick("auto", "11.4.0.106", "dynamo")[0] == "inplace"
+    assert pick("auto", "10.14.1.48.post1", "dynamo")[0] == "copy"
+    assert pick("auto", "10.9.0.34", "dynamo")[0] == "copy"
+    assert pick("auto", "11.4.0.106", "torchscript")[0] == "copy"
+    assert pick("copy", "11.4.0.106", "dynamo")[0] == "copy"
+    with pytest.raises(be.BuildError, match="need TensorRT >= 10.15; this host has TensorRT 10.9.0.34"):
+        pick("inplace", "10.9.0.34", "dynamo")
+    with pytest.raises(be.BuildError, match="dynamo exporter"):
+        pick("inplace", None, "torchscript")
 
 
 def test_tensorrt_version_mismatch_is_refused():

@@ -37,3 +37,27 @@ def test_demo_pair_greedy_equals_transformers(runtime, prompts, batch):
         chunk = prompts[i : i + batch]
         for p, r in zip(chunk, runtime.decoder.generate(chunk, 48)):
             assert r.token_ids == hf_greedy(hf, p, 48, eos=eos)
+
+
+@pytest.fixture(scope="module")
+def ort_runtime(repo_root, tmp_path_factory):
+    """The demo deployment as `make engines` builds it without TensorRT: in-place-flavour graphs."""
+    from griffin_trt.builders.build_engines import build
+    from griffin_trt.builders.manifest import read_manifest
+
+    recipe = load_recipe(repo_root / "build" / "demo.toml")
+    out = build(recipe, tmp_path_factory.mktemp("demo") / "out", progress=False, skip_engines=True)
+    assert read_manifest(out)["kv_flavour"] == "inplace"
+    return load_runtime(recipe, build_dir=out, backend="onnxruntime", device="cpu")
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_demo_pair_inplace_graphs_in_onnxruntime_equal_transformers(runtime, ort_runtime, prompts, batch):
+    assert ort_runtime.decoder.ex.verify_writes  # every write is checked to be one contiguous run per row
+    hf = runtime.decoder.ex.pair.target.hf
+    eos = sorted(runtime.eos_ids)[0]
+    chunk_prompts = prompts[:8]
+    for i in range(0, len(chunk_prompts), batch):
+        chunk = chunk_prompts[i : i + batch]
+        for p, r in zip(chunk, ort_runtime.decoder.generate(chunk, 48)):
+            assert r.token_ids == hf_greedy(hf, p, 48, eos=eos)

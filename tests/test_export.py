@@ -1,6 +1,8 @@
 """ONNX export of the target and drafter steps, and the onnxruntime executor against the torch one."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -8,15 +10,14 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from griffin_trt.builders.export_onnx import (  # noqa: E402
-    DRAFTER_INPUTS,
-    DRAFTER_OUTPUTS,
-    TARGET_INPUTS,
-    TARGET_OUTPUTS,
     ExportError,
+    drafter_io,
     export_drafter,
     export_target,
     read_graph_metadata,
+    target_io,
 )
+from griffin_trt.builders.kv_layout import cache_pairs  # noqa: E402
 from griffin_trt.models import load_pair  # noqa: E402
 from griffin_trt.recipe import recipe_from_dict  # noqa: E402
 from griffin_trt.runtime.executors.ort_executor import OrtExecutor  # noqa: E402
@@ -46,20 +47,26 @@ def recipe(pair_dirs):
     return recipe_from_dict(data, base=target.parent)
 
 
-@pytest.fixture(scope="module")
-def graphs(tmp_path_factory, pair_dirs, recipe):
-    """Both graphs from the dynamo exporter (the default path), exported once for the module."""
-    out = tmp_path_factory.mktemp("graphs")
+@pytest.fixture(scope="module", params=["inplace", "copy"])
+def graphs(request, tmp_path_factory, pair_dirs, recipe):
+    """Both graphs from the dynamo exporter (the default path) in one KV flavour, exported once."""
+    out = tmp_path_factory.mktemp(f"graphs-{request.param}")
     pair = load_pair(*pair_dirs, top_k=TOP_K)
-    t = export_target(pair.target, recipe.target_kv_len, out / "target.onnx", max_tokens=16)
-    d = export_drafter(pair.draft_step, recipe.drafter_kv_len, out / "drafter.onnx", max_tokens=16)
+    t = export_target(pair.target, recipe.target_kv_len, out / "target.onnx", max_tokens=16, flavour=request.param)
+    d = export_drafter(pair.draft_step, recipe.drafter_kv_len, out / "drafter.onnx", max_tokens=16,
+                       flavour=request.param)
     return t, d
 
 
-def _executors(pair_dirs, recipe, t_path, d_path, max_batch=2):
+def _flavour(res) -> str:
+    return read_graph_metadata(res.path)["kv_flavour"]
+
+
+def _executors(pair_dirs, recipe, t_path, d_path, max_batch=2, **kw):
     ort_ex = OrtExecutor(
         t_path, d_path, vocab_size=VOCAB, hidden_size=HIDDEN, top_k=TOP_K,
         target_kv_len=recipe.target_kv_len, drafter_kv_len=recipe.drafter_kv_len, max_batch=max_batch, device="cpu",
+        **kw,
     )
     torch_ex = TorchExecutor.from_paths(
         *pair_dirs, top_k=TOP_K, target_kv_len=recipe.target_kv_len, drafter_kv_len=recipe.drafter_kv_len,
@@ -149,14 +156,16 @@ def _scenario(ex_a, ex_b, S_t, S_d, batch=2):
 
 def test_graphs_check_and_have_the_interface(graphs, recipe):
     t, d = graphs
-    assert t.exporter == "dynamo" and d.exporter == "dynamo"
-    for res, ins, outs, kv in (
-        (t, TARGET_INPUTS, TARGET_OUTPUTS, recipe.target_kv_len),
-        (d, DRAFTER_INPUTS, DRAFTER_OUTPUTS, recipe.drafter_kv_len),
+    flavour = _flavour(t)
+    assert t.exporter == "dynamo" and d.exporter == "dynamo" and _flavour(d) == flavour
+    for res, (ins, outs), kv in (
+        (t, target_io(flavour, 2), recipe.target_kv_len),
+        (d, drafter_io(flavour), recipe.drafter_kv_len),
     ):
         m = onnx.load(str(res.path))
         onnx.checker.check_model(m)
-        assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 17
+        opset = max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+        assert opset == (24 if flavour == "inplace" else 18)
         assert [i.name for i in m.graph.input] == list(ins)
         assert [o.name for o in m.graph.output] == list(outs)
         shapes = {v.name: [x.dim_param or x.dim_value for x in v.type.tensor_type.shape.dim]
@@ -164,13 +173,23 @@ def test_graphs_check_and_have_the_interface(graphs, recipe):
         # B and T dynamic, cache capacity static
         assert isinstance(shapes["tokens"][0], str) and isinstance(shapes["tokens"][1], str)
         assert shapes["mask"][2] == kv
-        assert all(isinstance(x, int) for i, x in enumerate(shapes["k_cache"]) if x != shapes["tokens"][0])
-        assert shapes["k_cache"] == shapes["k_cache_out"]
+        for cache_in, cache_out in cache_pairs(ins):
+            assert all(isinstance(x, int) for x in shapes[cache_in] if x != shapes["tokens"][0])
+            assert shapes[cache_in] == shapes[cache_out]
+            if flavour == "inplace":  # per layer [B, KVH, S, D], batch leading
+                assert shapes[cache_in][0] == shapes["tokens"][0] and shapes[cache_in][2] == kv
         meta = read_graph_metadata(res.path)
         assert int(meta["kv_len"]) == kv and meta["exporter"] == "dynamo"
     m = onnx.load(str(d.path))
     topk = {o.name: o for o in m.graph.output}["topk_ids"]
     assert topk.type.tensor_type.shape.dim[2].dim_value == TOP_K
+    if flavour == "inplace":  # logits only for the asked rows: their own axis, not the tokens axis
+        m = onnx.load(str(t.path))
+        dims = {v.name: [x.dim_param or x.dim_value for x in v.type.tensor_type.shape.dim]
+                for v in list(m.graph.input) + list(m.graph.output)}
+        assert dims["logits"][1] == dims["logit_index"][1] != dims["tokens"][1]
+        ops = [n.op_type for n in m.graph.node]
+        assert ops.count("TensorScatter") == 4 and "ScatterElements" not in ops
 
 
 def test_ort_matches_torch_through_the_executor_interface(graphs, pair_dirs, recipe):
@@ -179,16 +198,90 @@ def test_ort_matches_torch_through_the_executor_interface(graphs, pair_dirs, rec
     assert ort_ex.spec.feature_dtype == torch.float32 and ort_ex.spec.device.type == "cpu"
     _scenario(ort_ex, torch_ex, recipe.target_kv_len, recipe.drafter_kv_len, batch=2)
     # caches after the whole scenario agree too (including the moved entries)
-    torch.testing.assert_close(ort_ex._tc.k, torch_ex.tk, atol=ATOL, rtol=ATOL)
-    torch.testing.assert_close(ort_ex._dc.v, torch_ex.dv, atol=ATOL, rtol=ATOL)
+    if _flavour(t) == "inplace":
+        for i in range(2):
+            torch.testing.assert_close(ort_ex._tc.full[2 * i], torch_ex._tk[i], atol=ATOL, rtol=ATOL)
+            torch.testing.assert_close(ort_ex._tc.full[2 * i + 1], torch_ex._tv[i], atol=ATOL, rtol=ATOL)
+        torch.testing.assert_close(ort_ex._dc.full[1], torch_ex._dv, atol=ATOL, rtol=ATOL)
+    else:
+        torch.testing.assert_close(ort_ex._tc.inputs()["k_cache"], torch_ex.tk, atol=ATOL, rtol=ATOL)
+        torch.testing.assert_close(ort_ex._dc.inputs()["v_cache"], torch_ex.dv, atol=ATOL, rtol=ATOL)
     # a smaller batch after a larger one reuses the same storage
     _scenario(ort_ex, torch_ex, recipe.target_kv_len, recipe.drafter_kv_len, batch=1)
 
 
+def test_logit_index_picks_the_rows(graphs, pair_dirs, recipe):
+    t, d = graphs
+    ort_ex, torch_ex = _executors(pair_dirs, recipe, t.path, d.path)
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, VOCAB, (2, 6), generator=g)
+    pos = torch.arange(6).expand(2, 6)
+    mask = torch.arange(recipe.target_kv_len)[None, None, :] <= pos[:, :, None]
+    rows = torch.tensor([[5, 1, 1], [0, 4, 2]])
+    for ex in (ort_ex, torch_ex):
+        ex.reset(2)
+        full, _ = ex.target_step(tokens, pos, pos, mask)
+        ex.reset(2)
+        some, _ = ex.target_step(tokens, pos, pos, mask, logit_index=rows)
+        assert some.shape == (2, 3, VOCAB)
+        torch.testing.assert_close(some, full.gather(1, rows[..., None].expand(-1, -1, VOCAB)), atol=ATOL, rtol=ATOL)
+
+
+@pytest.mark.parametrize("graphs", ["inplace"], indirect=True)
+def test_in_place_graphs_update_without_copies(graphs, pair_dirs, recipe, capfd):
+    """onnxruntime warns when TensorScatter copies the cache instead of updating it in place; the
+    executor binds input and output to one buffer, so it must stay silent (and warns otherwise)."""
+    t, d = graphs
+    assert _flavour(t) == "inplace"
+    ort_ex, torch_ex = _executors(pair_dirs, recipe, t.path, d.path, log_severity=2)
+    capfd.readouterr()
+    _scenario(ort_ex, torch_ex, recipe.target_kv_len, recipe.drafter_kv_len, batch=2)
+    assert "in-place optimization not activated" not in capfd.readouterr().err
+    # control: the same graph with a separate output buffer does copy, and says so
+    ex = ort_ex
+    b, tt = 1, 2
+    ex.reset(b)
+    feeds = {"tokens": torch.zeros(b, tt, dtype=torch.long), "positions": torch.zeros(b, tt, dtype=torch.long),
+             "write_index": torch.arange(tt)[None], "mask": torch.ones(b, tt, recipe.target_kv_len, dtype=torch.bool),
+             "logit_index": torch.zeros(b, 1, dtype=torch.long), **ex._tc.inputs()}
+    outs = {"logits": torch.empty(b, 1, VOCAB), "hidden": torch.empty(b, tt, HIDDEN),
+            **{k: v.clone() for k, v in ex._tc.outputs().items()}}
+    ex.target.run(feeds, outs)
+    assert "in-place optimization not activated" in capfd.readouterr().err
+
+
+def test_rows_can_be_selected_and_moved_in_place_only(graphs, pair_dirs, recipe):
+    t, d = graphs
+    ort_ex, torch_ex = _executors(pair_dirs, recipe, t.path, d.path)
+    if _flavour(t) == "copy":
+        with pytest.raises(NotImplementedError, match="copy-flavour KV caches"):
+            ort_ex.select_rows(1, 2)
+        with pytest.raises(NotImplementedError, match="copy-flavour KV caches"):
+            ort_ex.move_rows(1, 0)
+        return
+    # prefill row 1 alone, move it to row 0, decode on row 0: same logits as the torch executor's row 0
+    tokens = torch.tensor([[3, 9, 27, 81 % VOCAB]])
+    pos = torch.arange(4)[None]
+    mask = torch.arange(recipe.target_kv_len)[None, None, :] <= pos[:, :, None]
+    ort_ex.select_rows(1, 2)
+    ort_ex.target_step(tokens, pos, pos, mask)
+    ort_ex.move_rows(1, 0)
+    ort_ex.select_rows(0, 1)
+    torch_ex.reset(1)
+    torch_ex.target_step(tokens, pos, pos, mask)
+    step = (torch.tensor([[5]]), torch.tensor([[4]]), torch.tensor([[4]]),
+            torch.arange(recipe.target_kv_len)[None, None, :] <= 4)
+    a, _ = ort_ex.target_step(*step)
+    b, _ = torch_ex.target_step(*step)
+    torch.testing.assert_close(a, b, atol=ATOL, rtol=ATOL)
+
+
 def test_torchscript_exporter_graphs_match_too(tmp_path, pair_dirs, recipe):
     pair = load_pair(*pair_dirs, top_k=TOP_K)
-    t = export_target(pair.target, recipe.target_kv_len, tmp_path / "target.onnx", 16, prefer="torchscript")
-    d = export_drafter(pair.draft_step, recipe.drafter_kv_len, tmp_path / "drafter.onnx", 16, prefer="torchscript")
+    t = export_target(pair.target, recipe.target_kv_len, tmp_path / "target.onnx", 16, prefer="torchscript",
+                      flavour="copy")
+    d = export_drafter(pair.draft_step, recipe.drafter_kv_len, tmp_path / "drafter.onnx", 16, prefer="torchscript",
+                       flavour="copy")
     assert t.exporter == d.exporter == "torchscript"
     ort_ex, torch_ex = _executors(pair_dirs, recipe, t.path, d.path)
     _scenario(ort_ex, torch_ex, recipe.target_kv_len, recipe.drafter_kv_len)
@@ -206,16 +299,20 @@ def test_dynamo_failure_falls_back_to_torchscript(tmp_path, pair_dirs, recipe, m
         return real(*a, **kw)
 
     monkeypatch.setattr(torch.onnx, "export", flaky)
-    res = export_target(pair.target, recipe.target_kv_len, tmp_path / "t.onnx", 16)
+    res = export_target(pair.target, recipe.target_kv_len, tmp_path / "t.onnx", 16, flavour="copy")
     assert res.exporter == "torchscript"
     assert any("simulated dynamo failure" in n for n in res.notes)
+    # in-place graphs need opset 24, which only the dynamo exporter writes: no fallback
+    with pytest.raises(ExportError, match="simulated dynamo failure") as err:
+        export_target(pair.target, recipe.target_kv_len, tmp_path / "t3.onnx", 16, flavour="inplace")
+    assert "torchscript" not in str(err.value)
 
     def broken(*a, **kw):
         raise RuntimeError("both broken")
 
     monkeypatch.setattr(torch.onnx, "export", broken)
     with pytest.raises(ExportError, match="dynamo exporter.*torchscript exporter"):
-        export_target(pair.target, recipe.target_kv_len, tmp_path / "t2.onnx", 16)
+        export_target(pair.target, recipe.target_kv_len, tmp_path / "t2.onnx", 16, flavour="copy")
 
 
 def test_ort_executor_rejects_bad_inputs(graphs, recipe):
@@ -231,6 +328,9 @@ def test_ort_executor_rejects_bad_inputs(graphs, recipe):
     with pytest.raises(ValueError, match="reset for 1"):
         ex.target_step(tok.repeat(2, 1), tok.repeat(2, 1), tok.repeat(2, 1),
                        torch.ones(2, 2, recipe.target_kv_len, dtype=torch.bool))
+    if _flavour(t) == "inplace":  # one TensorScatter run per row: other write patterns are refused
+        with pytest.raises(ValueError, match="contiguous runs"):
+            ex.target_step(tok, tok, torch.tensor([[3, 5]]), torch.ones(1, 2, recipe.target_kv_len, dtype=torch.bool))
     from griffin_trt.builders.manifest import ManifestError
 
     with pytest.raises(ManifestError, match="cache capacity"):
@@ -251,3 +351,28 @@ def test_greedy_generation_is_token_exact_with_the_torch_executor(graphs, pair_d
         plain = dec.generate(prompts, max_new_tokens=12, speculative=False)
         assert [r.token_ids for r in plain] == outs[-1]  # lossless against plain greedy
     assert outs[0] == outs[1]
+
+
+def test_kv_bytes_report_reads_the_graphs_and_matches_the_executor(graphs, pair_dirs, recipe):
+    """benchmarks/kv_bytes.py's figures, on this tiny pair: the graph-derived bytes equal the cache
+    geometry, and the memory held equals what the onnxruntime executor allocates."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import kv_bytes
+
+    t, d = graphs
+    info = kv_bytes.graph_figures(t.path)
+    layers, kvh, head_dim, elem = 2, 2, HIDDEN // 4, 4
+    per_row_layer = kvh * recipe.target_kv_len * head_dim * elem * 2  # K and V
+    b, tt = 2, 5
+    c = kv_bytes.call_bytes(info, b, tt, layers_exported=layers)
+    scale = kv_bytes.LLAMA3_8B["layers"] / layers
+    assert c["attention"] == b * layers * per_row_layer * scale
+    ort_ex, _ = _executors(pair_dirs, recipe, t.path, d.path, max_batch=b)
+    assert c["held"] == ort_ex._tc.nbytes * scale
+    if _flavour(t) == "copy":
+        assert c["read"] == c["written"] == c["attention"] and c["held"] == 2 * c["attention"]
+    else:
+        assert c["read"] == c["written"] == b * layers * (kvh * tt * head_dim * elem * 2) * scale
+        assert c["held"] == c["attention"]

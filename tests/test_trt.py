@@ -54,10 +54,14 @@ def trt_build(tmp_path_factory):
 def test_engines_are_built_and_recorded(trt_build):
     import tensorrt as trt
 
+    from griffin_trt.builders.kv_layout import flavour_for_tensorrt
+
     recipe, out, _ = trt_build
     m = read_manifest(out, verify_hashes=True, backend="tensorrt")
     assert m["backend"] == "tensorrt"
     assert m["versions"]["tensorrt"] == trt.__version__
+    assert m["kv_flavour"] == flavour_for_tensorrt(trt.__version__)
+    assert m["files"]["tree_expand_engine"] and m["files"]["tree_finalize_engine"]
     assert m["gpu"] == torch.cuda.get_device_name()
     assert (out / m["files"]["target_engine"]).is_file() and (out / m["files"]["drafter_engine"]).is_file()
     assert (out.parent / ".timing_cache").is_file()
@@ -80,8 +84,9 @@ def test_trt_executor_matches_torch(trt_build, monkeypatch):
         def reset(self, b):
             self.ex.reset(b)
 
-        def target_step(self, *a):
-            return tuple(x.cpu() for x in self.ex.target_step(*(y.cuda() for y in a)))
+        def target_step(self, *a, logit_index=None):
+            li = None if logit_index is None else logit_index.cuda()
+            return tuple(x.cpu() for x in self.ex.target_step(*(y.cuda() for y in a), logit_index=li))
 
         def draft_step(self, *a):
             return tuple(x.cpu() for x in self.ex.draft_step(*(y.cuda() for y in a)))
@@ -93,11 +98,23 @@ def test_trt_executor_matches_torch(trt_build, monkeypatch):
     te._scenario(_Cuda(trt_ex), _Cuda(torch_ex), recipe.target_kv_len, recipe.drafter_kv_len, batch=2)
 
 
+def test_in_place_engines_bind_each_cache_pair_to_one_buffer(trt_build):
+    recipe, out, _ = trt_build
+    ex = TrtExecutor.from_build_dir(out)
+    if read_manifest(out)["kv_flavour"] != "inplace":
+        pytest.skip("this TensorRT is older than 10.15: copy-flavour engines")
+    for engine, caches in ((ex.target, ex._tc), (ex.drafter, ex._dc)):
+        for cache_in, cache_out in caches.pairs:
+            assert engine.engine.get_aliased_input_tensor(cache_out) == cache_in
+    assert ex.stream.handle != 0  # not the legacy default stream
+
+
 def test_trt_greedy_generation_matches_torch(trt_build):
     from griffin_trt.runtime.decoder import SpeculativeDecoder
 
     recipe, out, dirs = trt_build
     trt_ex = TrtExecutor.from_build_dir(out)
+    assert trt_ex.tree_ops().name == "tensorrt-plugin"  # expand/select run in the plugin engines
     torch_ex = TorchExecutor.from_paths(
         *dirs, top_k=te.TOP_K, target_kv_len=recipe.target_kv_len, drafter_kv_len=recipe.drafter_kv_len,
         max_batch=2, device="cuda",
@@ -108,6 +125,30 @@ def test_trt_greedy_generation_matches_torch(trt_build):
         res = SpeculativeDecoder(ex, recipe.tree, recipe.limits).generate(prompts, max_new_tokens=12)
         outs.append([r.token_ids for r in res])
     assert outs[0] == outs[1]
+
+
+def test_plugin_tree_ops_equal_the_reference(trt_build):
+    import _tree_kernel_cases as cases
+
+    from griffin_trt.tree.ops import REFERENCE
+
+    recipe, out, _ = trt_build
+    ops = TrtExecutor.from_build_dir(out).tree_ops()
+    assert ops.name == "tensorrt-plugin"
+    k, depth, total = recipe.tree.top_k, recipe.tree.depth, recipe.tree.total_tokens
+    g = torch.Generator().manual_seed(5)
+    for b in (1, 2):
+        s = cases._q(-torch.rand(b, k, generator=g) * 3, 0.25)
+        lp = cases._logp((b, k, k), g)
+        ids = torch.randint(0, te.VOCAB, (b, k, k), generator=g)
+        got = ops.expand(s.cuda(), lp.cuda(), ids.cuda(), k)
+        for x, y in zip(got, REFERENCE.expand(s, lp, ids, k)):
+            assert torch.equal(x.cpu(), y)
+        args = cases.draft(b, k, depth + 1, g, vocab=te.VOCAB)  # the candidates one draft of this tree makes
+        got = ops.select(*(a.cuda() for a in args), total, depth + 1)
+        ref = REFERENCE.select(*args, total, depth + 1)
+        for name in ("tokens", "parents", "depths", "mask", "retrieve", "num_leaves"):
+            assert torch.equal(getattr(got, name).cpu(), getattr(ref, name)), name
 
 
 def test_version_mismatch_is_refused(trt_build, tmp_path):

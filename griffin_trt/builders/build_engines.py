@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .manifest import MANIFEST, ManifestError
+from .tensorrt_engine import EngineBuildError
 
 log = logging.getLogger(__name__)
 
@@ -98,18 +99,25 @@ def build(
     backend: str | None = None,
     skip_engines: bool = False,
     onnx_exporter: str = "dynamo",
+    kv_flavour: str = "auto",
 ) -> Path:
     """Build `recipe` into `out_dir` (default: the recipe's output_dir) and return the output folder.
 
     backend overrides the recipe's; skip_engines builds the ONNX graphs only even where TensorRT is
     present. onnx_exporter: "dynamo" (default, falls back to "torchscript") or "torchscript".
+    kv_flavour: "auto" (in-place KV caches unless the host's TensorRT is older than 10.15 or the
+    TorchScript exporter is asked for), "inplace" or "copy" (builders/kv_layout.py).
     """
     from ..recipe import BACKENDS
+    from . import tensorrt_engine
 
     out = Path(out_dir or recipe.output_dir).expanduser().resolve()
     backend = backend or recipe.backend
     if backend not in BACKENDS:
         raise BuildError(f"backend {backend!r} is not one of {list(BACKENDS)}")
+    # (True, TensorRT version) or (False, why not)
+    trt_ok, trt_info = (False, "--skip-engines") if skip_engines else tensorrt_engine.available()
+    flavour, flavour_note = _pick_flavour(kv_flavour, trt_info if trt_ok else None, onnx_exporter)
     _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
@@ -121,7 +129,7 @@ def build(
          "manifest"],
         progress,
     )
-    notes: list[str] = []
+    notes: list[str] = [flavour_note]
     try:
         with steps.step("load models"):
             from ..models import load_pair, load_tokenizer, stop_token_ids
@@ -132,15 +140,15 @@ def build(
                 shutil.copyfile(recipe.token_counts, tmp / TOKEN_COUNTS)
             vocab_size, hidden_size = pair.target.vocab_size, pair.target.hidden_size
 
-        from .export_onnx import export_drafter, export_target
+        from .export_onnx import drafter_max_tokens, export_drafter, export_target, target_max_tokens
 
-        tree, lim = recipe.tree, recipe.limits
+        tree = recipe.tree
         with steps.step("export target"):
-            t_max = max(lim.max_input_len, tree.tree_size, 2)
-            rt = export_target(pair.target, recipe.target_kv_len, tmp / TARGET_ONNX, t_max, prefer=onnx_exporter)
+            rt = export_target(pair.target, recipe.target_kv_len, tmp / TARGET_ONNX, target_max_tokens(recipe),
+                               prefer=onnx_exporter, flavour=flavour)
         with steps.step("export drafter"):
-            d_max = max(lim.max_input_len, tree.max_accept, tree.top_k, tree.drafter_slots, 2)
-            rd = export_drafter(pair.draft_step, recipe.drafter_kv_len, tmp / DRAFTER_ONNX, d_max, prefer=onnx_exporter)
+            rd = export_drafter(pair.draft_step, recipe.drafter_kv_len, tmp / DRAFTER_ONNX, drafter_max_tokens(recipe),
+                                prefer=onnx_exporter, flavour=flavour)
         notes += rt.notes + rd.notes
         del pair  # release the weights before TensorRT needs the memory
 
@@ -162,17 +170,14 @@ def build(
 
         engines: dict = {}
         with steps.step("TensorRT engines"):
-            from . import tensorrt_engine
-
-            ok, reason = (False, "--skip-engines") if skip_engines else tensorrt_engine.available()
-            if ok:
+            if trt_ok:
                 engines = tensorrt_engine.build_engines(
                     recipe, tmp, tmp / TARGET_ONNX, tmp / DRAFTER_ONNX, timing_cache=out.parent / ".timing_cache",
                     log=steps.say, tree_graphs=tree_graphs,
                 )
                 notes += engines.get("notes", [])
             else:
-                msg = f"TensorRT not available ({reason}): built ONNX graphs only; the onnxruntime back end serves them"
+                msg = f"TensorRT not available ({trt_info}): built ONNX graphs only; the onnxruntime back end serves them"
                 steps.say(msg)
                 notes.append(msg)
                 if backend == "tensorrt":
@@ -187,7 +192,7 @@ def build(
                 "drafter_onnx": DRAFTER_ONNX,
                 "target_engine": engines.get("target_engine"),
                 "drafter_engine": engines.get("drafter_engine"),
-                "plugin": engines.get("plugin"),
+                "plugin": None,  # reserved for a compiled IPluginV3 library (the Python plugins need none)
                 "tokenizer": TOKENIZER_DIR,
                 "tree_expand_onnx": tree_graphs["expand"].name if tree_graphs else None,
                 "tree_finalize_onnx": tree_graphs["finalize"].name if tree_graphs else None,
@@ -211,6 +216,7 @@ def build(
                 gpu_capability=engines.get("gpu_capability"),
                 notes=notes,
                 draft_vocab=recipe.draft_vocab,
+                kv_flavour=flavour,
             )
         _check_replaceable(out)  # again: something may have appeared there meanwhile
         _swap_into_place(tmp, out)
@@ -236,6 +242,26 @@ def build(
     return out
 
 
+def _pick_flavour(asked: str, tensorrt_version: str | None, exporter: str) -> tuple[str, str]:
+    """The KV-cache flavour to export (see builders/kv_layout.py) and a note saying why."""
+    from .kv_layout import COPY, FLAVOURS, INPLACE, INPLACE_MIN_TENSORRT, flavour_for_tensorrt, version_tuple
+
+    need = ".".join(map(str, INPLACE_MIN_TENSORRT))
+    if asked == "auto":
+        if exporter == "torchscript":
+            return COPY, "KV caches: copy flavour (the TorchScript exporter cannot write opset 24 TensorScatter)"
+        flavour = flavour_for_tensorrt(tensorrt_version)
+        why = (f"TensorRT {tensorrt_version}" if tensorrt_version else "no TensorRT: onnxruntime serves the graphs")
+        return flavour, f"KV caches: {flavour} flavour ({why}; in place needs TensorRT >= {need})"
+    if asked not in FLAVOURS:
+        raise BuildError(f"--kv-flavour {asked!r} is not one of auto, {', '.join(FLAVOURS)}")
+    if asked == INPLACE and exporter == "torchscript":
+        raise BuildError("in-place KV caches need the dynamo exporter (opset 24 TensorScatter); drop --exporter torchscript")
+    if asked == INPLACE and tensorrt_version and version_tuple(tensorrt_version)[:2] < INPLACE_MIN_TENSORRT:
+        raise BuildError(f"in-place KV caches need TensorRT >= {need}; this host has TensorRT {tensorrt_version}")
+    return asked, f"KV caches: {asked} flavour (asked for)"
+
+
 # ---------------------------------------------------------------- CLI: griffin-trt build
 
 
@@ -251,7 +277,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="back end recorded for serving (default: the recipe's)")
     p.add_argument("--skip-engines", action="store_true", help="ONNX graphs only, even where TensorRT is present")
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
-                   help="ONNX exporter tried first (the other one is the fallback)")
+                   help="ONNX exporter tried first (the other one is the fallback for copy-flavour graphs)")
+    p.add_argument("--kv-flavour", choices=("auto", "inplace", "copy"), default="auto",
+                   help="KV caches: per-layer, updated in place (TensorScatter; TensorRT >= 10.15, onnxruntime) or "
+                        "whole caches returned each call (older TensorRT); auto picks by the host's TensorRT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_build, handler=run_build)
     return p
@@ -266,9 +295,9 @@ def run_build(args: argparse.Namespace) -> int:
     try:
         out = build(
             recipe, args.out, progress=not args.quiet, backend=args.backend, skip_engines=args.skip_engines,
-            onnx_exporter=args.exporter,
+            onnx_exporter=args.exporter, kv_flavour=args.kv_flavour,
         )
-    except (BuildError, ManifestError) as e:
+    except (BuildError, ManifestError, EngineBuildError) as e:
         print(f"griffin-trt build: error: {e}", file=sys.stderr)
         return 1
     print(f"built {recipe.name} into {out} in {time.perf_counter() - t0:.1f} s")

@@ -7,6 +7,7 @@ file name from here. Schema (format 1; key names are an interface, keep them):
      "tree": {"top_k", "depth", "total_tokens", "choices"},
      "limits": {"max_batch", "max_input_len", "max_output_len"},
      "target_kv_len": int, "drafter_kv_len": int, "vocab_size": int, "hidden_size": int,
+     "kv_flavour": "inplace" | "copy" (builders/kv_layout.py; absent in older builds: "copy"),
      "eos_token_ids": [int], "draft_vocab": int | null,
      "files": {"target_onnx", "drafter_onnx", "target_engine" | null, "drafter_engine" | null,
                "plugin" | null, "tokenizer": "tokenizer", "token_counts" | null, ...},
@@ -117,6 +118,7 @@ def write_manifest(
     gpu_capability: str | None = None,
     notes: list[str] | None = None,
     draft_vocab: int | None = None,
+    kv_flavour: str = "inplace",
 ) -> Path:
     """Write `out_dir/manifest.json` (atomically) and return its path.
 
@@ -157,6 +159,7 @@ def write_manifest(
         "drafter_kv_len": recipe.drafter_kv_len,
         "vocab_size": int(vocab_size),
         "hidden_size": int(hidden_size),
+        "kv_flavour": kv_flavour,
         "eos_token_ids": [int(t) for t in eos_token_ids],
         "draft_vocab": draft_vocab,
         "files": files,
@@ -250,6 +253,11 @@ def read_manifest(build_dir: Path | str, verify_hashes: bool = False, backend: s
     if backend == "tensorrt":
         check_tensorrt_version(data, build_dir)
     return data
+
+
+def kv_flavour(manifest: dict) -> str:
+    """The KV-cache flavour of a build's graphs/engines (builds before the key existed: "copy")."""
+    return manifest.get("kv_flavour", "copy")
 
 
 def build_file(build_dir: Path | str, manifest: dict, key: str) -> Path | None:

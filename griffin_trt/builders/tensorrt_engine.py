@@ -10,25 +10,32 @@ Optimization profiles (batch 1..max_batch in all of them):
 - drafter: 0 prefill (T 1..max_input_len), 1 update (T 1..max_accept, the accepted path),
            2 frontier (T 1..max(top_k, nodes of one static-tree level))
 
-`PROFILES` describes them once; the TensorRT executor selects a profile by the same table (it reads
-the ranges back from the engine). The timing cache is loaded before and saved after every build so
-rebuilds are fast. Engines are written atomically (temp file + rename).
+`profiles_for` describes them once; the TensorRT executor reads the ranges back from the engine.
+The timing cache is loaded before and saved after every build so rebuilds are fast. Engines are
+written atomically (temp file + rename).
+
+In-place graphs (builders/kv_layout.py, TensorRT >= 10.15): TensorRT lowers each cache's
+TensorScatter to its KV-cache update layer, whose output shares the cache input's memory. Every
+built engine is deserialized once to check that `get_aliased_input_tensor` reports each pair; a
+build where TensorRT did not alias them stops with a message (rebuild with `--kv-flavour copy`).
+The draft-tree plugin graphs are parsed with PREFER_AOT_PYTHON_PLUGINS (the PTX goes into the
+engine); a plugin that cannot register stops the build naming the TensorRT version found.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # string annotations name TensorRT's classes; never imported at run time here
+    import tensorrt as trt
 
 log = logging.getLogger(__name__)
 
 TARGET_ENGINE = "target.plan"
 DRAFTER_ENGINE = "drafter.plan"
-PLUGIN_MODULE = "griffin_trt.tree.trt_plugin"
 WORKSPACE_FRACTION = 0.5  # of free GPU memory, capped below
 WORKSPACE_CAP = 16 << 30
 FP8_MIN_CAPABILITY = (8, 9)
@@ -91,51 +98,41 @@ def graph_plugin_ops(path: Path) -> list[str]:
     return sorted(ops)
 
 
-def load_plugins(trt, logger, say: Callable[[str], None] = log.info, required: list[str] | None = None):
-    """Register TensorRT's own plugins and the draft-tree plugins, if this install has them.
+def load_plugins(trt, logger, required: list[str]) -> tuple[list[str], int]:
+    """TensorRT's own plugins, and the draft-tree plugins when a graph uses them (`required`).
 
-    The plugin module (`griffin_trt.tree.trt_plugin`) may offer `load_plugin()` (registers its Python
-    `tensorrt.plugin` definitions; raises when TensorRT's plugin API is missing), `register()` (same
-    role), `plugin_library() -> path | None` (a compiled IPluginV3 library, loaded into the registry
-    here) and `network_flags(prefer, strongly_typed)` (creation flags such as
-    PREFER_AOT_PYTHON_PLUGINS). Failing to load is fatal only when a graph uses a plugin
-    (`required`). Returns (library path to ship next to the engines, notes, network creation flags).
+    Returns (notes, creation flags for networks holding our plugins). A required plugin that cannot
+    register is an EngineBuildError naming the TensorRT version found and what is needed.
     """
-    notes: list[str] = []
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     trt.init_libnvinfer_plugins(logger, "")
+    if not required:
+        return [], strongly_typed(trt)
+    from ..tree import trt_plugin
+
     try:
-        mod = importlib.import_module(PLUGIN_MODULE)
-    except ImportError as e:
-        if required:
-            raise EngineBuildError(f"the graphs use plugins {required} but {PLUGIN_MODULE} does not import: {e}") from e
-        return None, notes, flags
-    library = None
-    try:
-        get_lib = getattr(mod, "plugin_library", None)
-        lib = get_lib() if callable(get_lib) else None
-        if lib:
-            library = Path(lib)
-            if not library.is_file():
-                raise EngineBuildError(f"{PLUGIN_MODULE}.plugin_library() names {library}, which does not exist")
-            trt.get_plugin_registry().load_library(str(library))
-            notes.append(f"plugin library {library.name} loaded")
-        for fn_name in ("load_plugin", "register"):
-            fn = getattr(mod, fn_name, None)
-            if callable(fn):
-                fn()
-                notes.append(f"draft-tree plugins registered ({PLUGIN_MODULE}.{fn_name})")
-                break
-        nf = getattr(mod, "network_flags", None)
-        if callable(nf):
-            flags = int(nf("aot", strongly_typed=True))
-    except Exception as e:  # noqa: BLE001 - a plugin the graphs do not use must not stop the build
-        if required:
-            raise EngineBuildError(f"the graphs use plugins {required} but they could not be loaded: {e}") from e
-        notes.append(f"draft-tree plugins not loaded ({type(e).__name__}: {e}); the graphs do not use them")
-    if notes:
-        say("; ".join(notes))
-    return library, notes, flags
+        trt_plugin.load_plugin()
+    except trt_plugin.PluginUnavailable as e:
+        raise EngineBuildError(f"the draft-tree graphs use the plugins {required}, which cannot register: {e}") from e
+    return [f"draft-tree plugins {', '.join(required)} registered (AOT: the PTX is in the engines)"], \
+        trt_plugin.network_flags("aot")
+
+
+def strongly_typed(trt) -> int:
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def alias_problems(engine: "trt.ICudaEngine", pairs: list[tuple[str, str]]) -> list[str]:
+    """In-place cache outputs that the engine does not alias to their inputs (empty: all are).
+
+    TensorRT's KV-cache update layer writes into its cache input; the engine reports that with
+    `get_aliased_input_tensor(output) == input` (TensorRT >= 10.15).
+    """
+    wrong = []
+    for cache_in, cache_out in pairs:
+        got = engine.get_aliased_input_tensor(cache_out)
+        if got != cache_in:
+            wrong.append(f"{cache_out} aliases {got!r}, not {cache_in!r}")
+    return wrong
 
 
 # ------------------------------------------------------------------------------------- building
@@ -194,6 +191,21 @@ def _write_atomic(path: Path, data) -> None:
         raise
 
 
+def _input_ranges(name: str, dims: list[int], prof: dict, max_batch: int, copy_flavour: bool):
+    """(min, opt, max) shapes of one network input in one profile."""
+    lo, opt, hi = [], [], []
+    for axis, d in enumerate(dims):
+        if d >= 0:
+            lo.append(d), opt.append(d), hi.append(d)
+        elif axis == (1 if copy_flavour and name in ("k_cache", "v_cache") else 0):  # batch
+            lo.append(1), opt.append(1), hi.append(max_batch)
+        elif name == "logit_index":  # rows whose logits are wanted: 1 at prefill, up to T otherwise
+            lo.append(1), opt.append(1 if prof["name"] == "prefill" else prof["opt"]), hi.append(prof["max"])
+        else:  # tokens
+            lo.append(prof["min"]), opt.append(prof["opt"]), hi.append(prof["max"])
+    return lo, opt, hi
+
+
 def build_engine(
     trt,
     logger,
@@ -209,12 +221,12 @@ def build_engine(
     """Parse `onnx_path` into a strongly typed network and serialize an engine to `engine_path`.
 
     exact_fp32: keep float32 graphs in float32 (no TF32 matmuls), so a float32 build reproduces
-    the reference's greedy tokens.
+    the reference's greedy tokens. In-place-flavour graphs are checked for aliased cache outputs.
     """
+    from .kv_layout import COPY, INPLACE, cache_pairs, flavour_of
+
     builder = trt.Builder(logger)
-    if flags is None:
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    network = builder.create_network(strongly_typed(trt) if flags is None else flags)
     parser = trt.OnnxParser(network, logger)
     # parse_from_file resolves external-data weights relative to the graph's folder.
     if not parser.parse_from_file(str(onnx_path)):
@@ -223,41 +235,42 @@ def build_engine(
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, _workspace_bytes())
-    if exact_fp32 and hasattr(trt.BuilderFlag, "TF32"):
+    if exact_fp32:
         config.clear_flag(trt.BuilderFlag.TF32)
 
-    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    names = []
+    for i in range(network.num_inputs):
+        names.append(network.get_input(i).name)
+    flavour = flavour_of(names) if any(n.startswith("k_cache") for n in names) else None
     for prof in token_profiles:
         p = builder.create_optimization_profile()
-        for tensor in inputs:
-            dims = list(tensor.shape)
-            lo, opt, hi = [], [], []
-            for axis, d in enumerate(dims):
-                if d >= 0:
-                    lo.append(d), opt.append(d), hi.append(d)
-                    continue
-                # Dynamic axes: batch first (axis 1 of the target's [L, B, ...] caches), then tokens.
-                is_batch = axis == 0 or (tensor.name in ("k_cache", "v_cache") and len(dims) == 5 and axis == 1)
-                if is_batch:
-                    lo.append(1), opt.append(1), hi.append(max_batch)
-                else:
-                    lo.append(prof["min"]), opt.append(prof["opt"]), hi.append(prof["max"])
-            p.set_shape(tensor.name, lo, opt, hi)
+        for i in range(network.num_inputs):
+            tensor = network.get_input(i)
+            p.set_shape(tensor.name, *_input_ranges(tensor.name, list(tensor.shape), prof, max_batch, flavour == COPY))
         config.add_optimization_profile(p)
 
-    cache_blob = b""
-    if timing_cache is not None and timing_cache.is_file():
-        cache_blob = timing_cache.read_bytes()
-    cache = config.create_timing_cache(cache_blob)
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
+    blob = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         say(f"timing cache {timing_cache} does not fit this TensorRT/GPU; starting a fresh one")
         cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, ignore_mismatch=True)
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=True):
+            raise EngineBuildError("TensorRT could not create a timing cache (see the TensorRT log above)")
 
     say(f"building {engine_path.name} from {onnx_path.name} ({len(token_profiles)} profiles, batch 1..{max_batch})")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineBuildError(f"TensorRT failed to build {engine_path.name} (see the TensorRT log above)")
+    if flavour == INPLACE:
+        engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
+        if engine is None:
+            raise EngineBuildError(f"TensorRT could not load the {engine_path.name} it just built")
+        wrong = alias_problems(engine, cache_pairs(names))
+        if wrong:
+            raise EngineBuildError(
+                f"{engine_path.name}: TensorRT did not lower the KV-cache writes to in-place updates ({'; '.join(wrong)}); "
+                "rebuild with `--kv-flavour copy`"
+            )
     _write_atomic(engine_path, serialized)
     if timing_cache is not None:
         timing_cache.parent.mkdir(parents=True, exist_ok=True)
@@ -278,34 +291,39 @@ def build_engines(
     import tensorrt as trt
     import torch
 
+    from .kv_layout import INPLACE, INPLACE_MIN_TENSORRT, flavour_of, version_tuple
+
     ok, reason = available()
     if not ok:
         raise EngineBuildError(f"TensorRT engines cannot be built here: {reason}")
+    import onnx
+
+    flavour = flavour_of(i.name for i in onnx.load(str(target_onnx), load_external_data=False).graph.input)
+    if flavour == INPLACE and version_tuple(trt.__version__)[:2] < INPLACE_MIN_TENSORRT:
+        raise EngineBuildError(
+            f"the graphs have in-place KV caches (TensorScatter), which need TensorRT >= "
+            f"{'.'.join(map(str, INPLACE_MIN_TENSORRT))}; this host has TensorRT {trt.__version__}: rebuild with "
+            "`--kv-flavour copy` (or `auto`)"
+        )
     if recipe.fp8:
         check_fp8(recipe, [target_onnx, drafter_onnx])
     out_dir = Path(out_dir)
     logger = trt.Logger(trt.Logger.WARNING)
     tree_graphs = tree_graphs or {}
-    graphs = [target_onnx, drafter_onnx, *tree_graphs.values()]
-    required = sorted({op for g in graphs for op in graph_plugin_ops(g)})
-    library, notes, flags = load_plugins(trt, logger, log, required)
-    plugin_rel = None
-    if library is not None:
-        (out_dir / "plugins").mkdir(exist_ok=True)
-        shutil.copy2(library, out_dir / "plugins" / library.name)
-        plugin_rel = f"plugins/{library.name}"
+    required = sorted({op for g in tree_graphs.values() for op in graph_plugin_ops(g)})
+    notes, plugin_flags = load_plugins(trt, logger, required)
 
     profiles = profiles_for(recipe)
     mb = recipe.limits.max_batch
     exact = recipe.dtype == "float32"
-    build_engine(trt, logger, target_onnx, out_dir / TARGET_ENGINE, profiles["target"], mb, timing_cache, log, exact, flags)
-    build_engine(trt, logger, drafter_onnx, out_dir / DRAFTER_ENGINE, profiles["drafter"], mb, timing_cache, log, exact, flags)
+    build_engine(trt, logger, target_onnx, out_dir / TARGET_ENGINE, profiles["target"], mb, timing_cache, log, exact)
+    build_engine(trt, logger, drafter_onnx, out_dir / DRAFTER_ENGINE, profiles["drafter"], mb, timing_cache, log, exact)
     tree_engines = {}
     for name, graph in tree_graphs.items():
         # Only the batch axis is dynamic in the tree graphs; one profile covers 1..max_batch.
         path = out_dir / f"draft_tree_{name}.plan"
         build_engine(trt, logger, graph, path, [{"name": name, "min": 1, "opt": 1, "max": 1}], mb, timing_cache,
-                     log, exact, flags)
+                     log, exact, plugin_flags)
         tree_engines[f"tree_{name}_engine"] = path.name
     cap = torch.cuda.get_device_capability()
     notes.append(
@@ -315,7 +333,6 @@ def build_engines(
     return {
         "target_engine": TARGET_ENGINE,
         "drafter_engine": DRAFTER_ENGINE,
-        "plugin": plugin_rel,
         "tensorrt_version": trt.__version__,
         "gpu": torch.cuda.get_device_name(),
         "gpu_capability": f"{cap[0]}.{cap[1]}",

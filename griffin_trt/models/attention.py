@@ -20,12 +20,36 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
 
 
-def write_cache(cache: torch.Tensor, new: torch.Tensor, write_index: torch.Tensor, inplace: bool) -> torch.Tensor:
-    """Write `new` [B, H, T, D] into `cache` [B, H, S, D] at slots `write_index` [B, T]."""
-    idx = write_index[:, None, :, None].expand_as(new)
+@torch.library.custom_op("griffin::write_cache_run", mutates_args=())
+def write_cache_run(cache: torch.Tensor, new: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """`cache` [B, H, S, D] with `new` [B, H, T, D] written at slots start[b] .. start[b] + T - 1.
+
+    Out of place, one contiguous run per row: exactly ONNX `TensorScatter` (linear mode, axis -2),
+    which is what the exporter turns it into (builders/export_onnx.py) and what TensorRT lowers to
+    its in-place KV-cache update.
+    """
+    slots = start[:, None] + torch.arange(new.shape[2], device=start.device)
+    return cache.scatter(2, slots[:, None, :, None].expand_as(new), new)
+
+
+@write_cache_run.register_fake
+def _(cache: torch.Tensor, new: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(cache)
+
+
+def write_cache(
+    cache: torch.Tensor, new: torch.Tensor, write_index: torch.Tensor, inplace: bool, contiguous: bool = False
+) -> torch.Tensor:
+    """Write `new` [B, H, T, D] into `cache` [B, H, S, D] at slots `write_index` [B, T].
+
+    contiguous (out of place only): every row's slots are one run, write_index[b] = start[b] + arange(T)
+    (the decoding loop only ever writes such runs), so only write_index[:, 0] is used.
+    """
     if inplace:
-        return cache.scatter_(2, idx, new)
-    return cache.scatter(2, idx, new)
+        return cache.scatter_(2, write_index[:, None, :, None].expand_as(new), new)
+    if contiguous:
+        return write_cache_run(cache, new, write_index[:, 0])
+    return cache.scatter(2, write_index[:, None, :, None].expand_as(new), new)
 
 
 def cached_attention(
@@ -38,13 +62,14 @@ def cached_attention(
     mask: torch.Tensor,
     scale: float,
     inplace: bool,
+    contiguous: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q: [B, Hq, T, D]; k_new/v_new: [B, Hkv, T, D]; caches [B, Hkv, S, D]; mask [B, T, S] bool.
 
     Returns the attention output [B, T, Hq*D] and the caches after the write.
     """
-    k_all = write_cache(k_cache, k_new, write_index, inplace)
-    v_all = write_cache(v_cache, v_new, write_index, inplace)
+    k_all = write_cache(k_cache, k_new, write_index, inplace, contiguous)
+    v_all = write_cache(v_cache, v_new, write_index, inplace, contiguous)
     groups = q.shape[1] // k_all.shape[1]
     k, v = k_all, v_all
     if groups > 1:

@@ -152,6 +152,7 @@ class GriffinDrafter(nn.Module):
         self.fc = TokenGuidedFusion(c)
         self.layers = nn.ModuleList([DraftLayer(c)])
         self.inplace = True
+        self.contiguous = False  # see TargetModel.contiguous
         self.rotary = _rotary(c)
 
     def new_cache(self, batch: int, capacity: int, device=None, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,7 +177,7 @@ class GriffinDrafter(nn.Module):
         cos, sin = self.rotary(x, positions)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         o, k_all, v_all = cached_attention(
-            q, k, v, k_cache, v_cache, write_index, mask, c.head_dim**-0.5, self.inplace
+            q, k, v, k_cache, v_cache, write_index, mask, c.head_dim**-0.5, self.inplace, self.contiguous
         )
         x = x + a.o_proj(o)
         y = torch.cat((x, x), dim=-1) + layer.mlp(layer.post_attention_layernorm(x))

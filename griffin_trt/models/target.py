@@ -25,10 +25,12 @@ TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 
 
 class TargetModel(nn.Module):
-    """Forward over `T` new tokens with caches `[layers, B, kv_heads, S, head_dim]`.
+    """Forward over `T` new tokens with caches `[layers, B, kv_heads, S, head_dim]` (or per-layer
+    lists of `[B, kv_heads, S, head_dim]`).
 
-    Returns float32 logits `[B, T, V]`, the final-norm hidden states `[B, T, H]` (the drafter's
-    features) and the caches after writing the new entries.
+    Returns float32 logits `[B, T, V]` (`[B, R, V]` for the R rows `logit_index` [B, R] names), the
+    final-norm hidden states `[B, T, H]` (the drafter's features) and the caches after writing the
+    new entries (lists when the caches came as lists).
     """
 
     def __init__(self, hf_model: nn.Module):
@@ -45,6 +47,7 @@ class TargetModel(nn.Module):
         self.vocab_size = cfg.vocab_size
         self.scale = attn.scaling
         self.inplace = True  # exporters switch this off to get the updated caches as graph outputs
+        self.contiguous = False  # out-of-place writes as one run per row (ONNX TensorScatter), see attention.py
 
     @property
     def embed_tokens(self) -> nn.Embedding:
@@ -63,7 +66,7 @@ class TargetModel(nn.Module):
         dev = device or self.hf.lm_head.weight.device
         return torch.zeros(shape, dtype=self.dtype, device=dev), torch.zeros(shape, dtype=self.dtype, device=dev)
 
-    def forward(self, tokens, positions, write_index, mask, k_cache, v_cache):
+    def forward(self, tokens, positions, write_index, mask, k_cache, v_cache, logit_index=None):
         m = self.hf.model
         x = m.embed_tokens(tokens)
         cos, sin = m.rotary_emb(x, positions)
@@ -77,16 +80,19 @@ class TargetModel(nn.Module):
             v = a.v_proj(h).view(b, t, -1, self.head_dim).transpose(1, 2)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             o, k_all, v_all = cached_attention(
-                q, k, v, k_cache[i], v_cache[i], write_index, mask, self.scale, self.inplace
+                q, k, v, k_cache[i], v_cache[i], write_index, mask, self.scale, self.inplace, self.contiguous
             )
             ks.append(k_all)
             vs.append(v_all)
             x = x + a.o_proj(o)
             x = x + _mlp(layer.mlp, layer.post_attention_layernorm(x))
         hidden = m.norm(x)
-        logits = self.hf.lm_head(hidden).float()
+        rows = hidden if logit_index is None else hidden.gather(1, logit_index[..., None].expand(-1, -1, hidden.shape[-1]))
+        logits = self.hf.lm_head(rows).float()
         if self.inplace:
             return logits, hidden, k_cache, v_cache
+        if not isinstance(k_cache, torch.Tensor):
+            return logits, hidden, ks, vs
         return logits, hidden, torch.stack(ks), torch.stack(vs)
 
 

@@ -9,6 +9,9 @@ Cache bookkeeping per row b, with ctx[b] the number of target tokens already in 
   accepted path is then moved to ctx, ctx + 1, ...
 - the drafter's entry t pairs target feature h_t with token x_(t+1), so its stable part also has
   ctx entries; draft passes write scratch entries after it, overwritten next round.
+- every call writes one contiguous run of slots per row (prefill 0..P-1, verify ctx + 0..T-1,
+  drafter update ctx + 0..A-1, dynamic draft pass i at ctx + i*k + 0..k-1, static level at its
+  consecutive columns): the in-place KV graphs' TensorScatter relies on it, executors check it.
 """
 from __future__ import annotations
 
@@ -174,9 +177,10 @@ class _Run:
             c = cols[None, None, :]
             return (c <= pos[:, :, None]) & (c < lens[:, None, None])
 
-        logits, hidden = self.ex.target_step(tokens, pos, pos, causal(self.d._cols_t))
         last = lens - 1
-        first = self._pick(logits[self.rows, last])
+        # Logits of each prompt's last token only ([B, 1, V] instead of [B, P, V]).
+        logits, hidden = self.ex.target_step(tokens, pos, pos, causal(self.d._cols_t), logit_index=last[:, None])
+        first = self._pick(logits[:, 0])
         self._sync()
         for r in self.results:
             r.prefill_time_s = time.perf_counter() - t0

@@ -18,14 +18,17 @@ Python at run time). ONNX nodes map to them when op_type is the plugin name and 
 `plugin_namespace="griffin"` (see `griffin_trt/builders/draft_tree_onnx.py`).
 
 TensorRT is imported lazily: importing this module never fails. `load_plugin()` registers both
-plugins (idempotent) and raises `PluginUnavailable` with the reason when TensorRT (>= 10.8 with
-`tensorrt.plugin.aot_impl`) or triton is missing. Importing the module registers them when it can.
+plugins (idempotent) and raises `PluginUnavailable` naming the TensorRT version found and what is
+needed when TensorRT (>= 10.9 with `tensorrt.plugin.aot_impl`) or triton is missing. Importing the
+module registers them when it can.
+
+No `from __future__ import annotations` here: `tensorrt.plugin` reads the register/impl functions'
+annotations with `inspect.signature` and does not evaluate strings (it then refuses to register).
+tests/test_trt_bindings.py checks all of this against the real bindings of several versions.
 
 The PTX helpers (`expand_signature`, `compile_kernel`, ...) need no TensorRT and no GPU (triton
 compiles for an explicit target on a CPU host), so they are tested everywhere.
 """
-from __future__ import annotations
-
 import importlib
 import importlib.util
 import os
@@ -43,6 +46,9 @@ FINALIZE_ID = f"{PLUGIN_NAMESPACE}::{FINALIZE_NAME}"
 # Compile-time blocks of the AOT kernels (shapes may be dynamic at build time, the kernels loop).
 AOT_EXPAND_BLOCKS = {"BLOCK_I": 64, "BLOCK_J": 128}
 AOT_FINALIZE_BLOCKS = {"BLOCK_I": 64, "BLOCK_J": 128}
+
+# TensorRT versions with the Python plugin API this module uses (aot_impl, PREFER_*_PYTHON_PLUGINS).
+MIN_TENSORRT = (10, 9)
 
 _STATE: dict[str, Any] = {"registered": False, "error": None}
 
@@ -186,15 +192,64 @@ def compile_finalize(total_tokens: int, max_depth: int, score_ty: str = "fp32", 
 # TensorRT side
 
 
+def _tensorrt_version() -> str | None:
+    try:
+        return importlib.import_module("tensorrt").__version__
+    except Exception:  # noqa: BLE001 - absent or broken: both mean "not usable"
+        return None
+
+
+def unavailable_reason() -> str | None:
+    """Why the plugins cannot register in this process (naming the TensorRT found), or None."""
+    need = (f"the griffin draft-tree plugins need TensorRT >= {MIN_TENSORRT[0]}.{MIN_TENSORRT[1]} with the Python "
+            "plugin API (tensorrt.plugin with aot_impl) and OpenAI triton")
+    version = _tensorrt_version()
+    if version is None:
+        return f"{need}; `import tensorrt` fails here (install the `trt` extra on a GPU host)"
+    if importlib.util.find_spec("triton") is None:
+        return f"{need}; TensorRT {version} is here but triton is not installed"
+    try:
+        import numpy.typing  # noqa: F401  (tensorrt.plugin uses np.typing without importing it; numpy 1.x)
+
+        trtp = importlib.import_module("tensorrt.plugin")
+    except Exception as e:  # noqa: BLE001
+        return (f"{need}; TensorRT {version} is here but `import tensorrt.plugin` fails ({type(e).__name__}: {e}); "
+                "pip's split tensorrt packages ship it from 10.14 on, NVIDIA's tar/container installs from 10.9")
+    if not (hasattr(trtp, "aot_impl") and hasattr(trtp, "register")):
+        return f"{need}; TensorRT {version} has no tensorrt.plugin.aot_impl"
+    return None
+
+
 def is_available() -> bool:
     """True when tensorrt with the Python plugin API (incl. aot_impl) and triton are importable."""
-    if importlib.util.find_spec("tensorrt") is None or importlib.util.find_spec("triton") is None:
-        return False
-    try:
-        trtp = importlib.import_module("tensorrt.plugin")
-    except Exception:  # noqa: BLE001
-        return False
-    return hasattr(trtp, "aot_impl") and hasattr(trtp, "register")
+    return unavailable_reason() is None
+
+
+def torch_view(x, device: str = "cuda"):
+    """A torch tensor over a `tensorrt.plugin.Tensor`'s memory (no copy), bf16 included.
+
+    TensorRT's own `__cuda_array_interface__` refuses bf16, so this builds the interface from the
+    tensor's public fields with a same-size carrier type and reinterprets it (`view`). `device="cpu"`
+    reads host memory through numpy's array interface (tests).
+    """
+    import numpy as np
+    import torch
+
+    trt = importlib.import_module("tensorrt")
+    carrier = {trt.float32: ("<f4", None), trt.float16: ("<f2", None), trt.bfloat16: ("<i2", torch.bfloat16),
+               trt.int32: ("<i4", None), trt.int64: ("<i8", None), trt.int8: ("|i1", None), trt.bool: ("|b1", None),
+               trt.uint8: ("|u1", None)}
+    if x.dtype not in carrier:
+        raise ValueError(f"the griffin tree plugins do not take {x.dtype} tensors")
+    typestr, view = carrier[x.dtype]
+    size = np.dtype(typestr).itemsize
+    iface = {"shape": tuple(x.shape), "typestr": typestr, "data": (int(x.data_ptr), False),
+             "strides": tuple(int(s) * size for s in x.strides), "version": 3}
+    if device == "cpu":
+        t = torch.from_numpy(np.asarray(type("HostArray", (), {"__array_interface__": iface})()))
+    else:
+        t = torch.as_tensor(type("CudaArray", (), {"__cuda_array_interface__": iface})(), device=device)
+    return t.view(view) if view is not None else t
 
 
 def _triton_type(trt, dtype) -> str:
@@ -209,8 +264,6 @@ def _triton_type(trt, dtype) -> str:
 
 def _register(trt, trtp) -> None:
     from typing import Tuple, Union
-
-    import numpy as np  # noqa: F401  (tensorrt.plugin needs numpy anyway)
 
     Desc = trtp.TensorDesc
 
@@ -253,7 +306,7 @@ def _register(trt, trtp) -> None:
 
         from .kernels import launch_expand
 
-        t = [torch.as_tensor(x, device="cuda") for x in (scores, child_logp, child_ids, *outputs)]
+        t = [torch_view(x) for x in (scores, child_logp, child_ids, *outputs)]
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
             launch_expand(*t[:3], top_k, *t[3:])
 
@@ -299,8 +352,8 @@ def _register(trt, trtp) -> None:
 
         from .kernels import launch_finalize
 
-        ins = [torch.as_tensor(x, device="cuda") for x in (root, cand_scores, cand_ids, cand_parents, cand_depths)]
-        outs = [torch.as_tensor(x, device="cuda") for x in outputs]
+        ins = [torch_view(x) for x in (root, cand_scores, cand_ids, cand_parents, cand_depths)]
+        outs = [torch_view(x) for x in outputs]
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
             launch_finalize(*ins, max_depth, *outs)
 
@@ -309,23 +362,27 @@ def load_plugin() -> None:
     """Register griffin::DraftTreeExpand / griffin::DraftTreeFinalize with TensorRT (idempotent).
 
     Call before parsing ONNX graphs that use them and before deserializing engines built with the
-    JIT (`impl`) path. Raises PluginUnavailable when TensorRT's Python plugin API is missing.
+    JIT (`impl`) path. Raises PluginUnavailable, naming the TensorRT version found and what is
+    needed, when the plugins cannot register.
     """
     if _STATE["registered"]:
         return
-    if not is_available():
-        raise PluginUnavailable(
-            "griffin tree plugins need TensorRT >= 10.8 with the Python plugin API (tensorrt.plugin with "
-            "aot_impl) and OpenAI triton; install the `trt` extra on a GPU host. Without TensorRT use "
-            "griffin_trt.tree.kernels (direct Triton launches) or the torch reference."
-        )
+    if _STATE["error"]:
+        raise PluginUnavailable(_STATE["error"])
+    reason = unavailable_reason()
+    if reason:
+        raise PluginUnavailable(reason + ". Without TensorRT use griffin_trt.tree.kernels (direct Triton launches) "
+                                "or the torch reference.")
     trt = importlib.import_module("tensorrt")
     trtp = importlib.import_module("tensorrt.plugin")
     try:
-        _register(trt, trtp)
-    except ValueError as e:  # registered earlier in this process (e.g. module reloaded)
-        if "already has a defintion" not in str(e) and "already has a definition" not in str(e):
-            raise
+        ns = trtp.op.define_or_get(PLUGIN_NAMESPACE)
+        if not (hasattr(ns, EXPAND_NAME) and hasattr(ns, FINALIZE_NAME)):  # else: this module was reloaded
+            _register(trt, trtp)
+    except Exception as e:  # noqa: BLE001 - any refusal of tensorrt.plugin: say which TensorRT refused
+        _STATE["error"] = (f"TensorRT {trt.__version__} refused to register the griffin draft-tree plugins: "
+                           f"{type(e).__name__}: {e}")
+        raise PluginUnavailable(_STATE["error"]) from e
     _STATE["registered"] = True
 
 
@@ -337,11 +394,8 @@ def network_flags(prefer: str = "aot", strongly_typed: bool = True) -> int:
     """
     trt = importlib.import_module("tensorrt")
     f = trt.NetworkDefinitionCreationFlag
-    flags = (1 << int(f.STRONGLY_TYPED)) if strongly_typed else 0
-    name = {"aot": "PREFER_AOT_PYTHON_PLUGINS", "jit": "PREFER_JIT_PYTHON_PLUGINS"}[prefer]
-    if hasattr(f, name):
-        flags |= 1 << int(getattr(f, name))
-    return flags
+    flag = {"aot": f.PREFER_AOT_PYTHON_PLUGINS, "jit": f.PREFER_JIT_PYTHON_PLUGINS}[prefer]
+    return ((1 << int(f.STRONGLY_TYPED)) if strongly_typed else 0) | (1 << int(flag))
 
 
 def plugin_creator_names() -> list[str]:
@@ -350,9 +404,9 @@ def plugin_creator_names() -> list[str]:
     return [c.name for c in trt.get_plugin_registry().all_creators if getattr(c, "plugin_namespace", "") == PLUGIN_NAMESPACE]
 
 
-# Register on import when TensorRT is present; never fail the import.
+# Register on import when TensorRT is present; never fail the import (load_plugin() raises again).
 if is_available():
     try:
         load_plugin()
-    except Exception as _e:  # noqa: BLE001 - reported through load_plugin() again / _STATE
-        _STATE["error"] = repr(_e)
+    except PluginUnavailable:
+        pass

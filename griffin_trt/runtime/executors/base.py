@@ -60,11 +60,18 @@ class Executor(ABC):
 
     @abstractmethod
     def target_step(
-        self, tokens: torch.Tensor, positions: torch.Tensor, write_index: torch.Tensor, mask: torch.Tensor
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        write_index: torch.Tensor,
+        mask: torch.Tensor,
+        logit_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens/positions/write_index int64 [B, T]; mask bool [B, T, target_kv_len].
 
-        Returns logits float32 [B, T, V] and final-norm hidden states [B, T, H].
+        Returns logits float32 [B, T, V] — or [B, R, V] for the R token columns `logit_index`
+        int64 [B, R] names (prefill reads only each prompt's last token) — and final-norm hidden
+        states [B, T, H]. Every row's write_index is one contiguous run start .. start + T - 1.
         """
 
     @abstractmethod
@@ -104,66 +111,185 @@ def move_cache_slots_(caches, src: torch.Tensor, dst: torch.Tensor, slot_dim: in
             cache.scatter_(slot_dim, idx_d, cache.gather(slot_dim, idx_s))
 
 
-class KVBuffers:
-    """K and V caches at full capacity, viewed for the current batch.
+def check_contiguous_writes(write_index: torch.Tensor) -> None:
+    """The in-place graphs write row b's T new entries at slots write_index[b, 0] + 0..T-1 (one
+    TensorScatter run per row): refuse anything else rather than write the wrong slots."""
+    t = write_index.shape[1]
+    if t > 1 and not torch.equal(write_index, write_index[:, :1] + torch.arange(t, device=write_index.device)):
+        raise ValueError(
+            "write_index rows must be contiguous runs (start, start + 1, ..., start + T - 1) for graphs with "
+            f"in-place KV caches; got {write_index.tolist()}"
+        )
 
-    An engine that writes its cache outputs into its cache inputs (in place) needs one pair; a graph
-    that returns new caches is double-buffered: one pair is read, the other written, then swapped.
-    """
 
-    def __init__(self, shape_of, dtype: torch.dtype, max_batch: int, device: torch.device, in_place: bool = False):
+class LayerCaches:
+    """The inplace flavour's caches (builders/kv_layout.py): one buffer per (layer, K|V) of shape
+    [max_batch, KVH, S, D], bound to a graph's cache input AND its output, so the graph updates it in
+    place. Allocated once; a row range [lo, hi) is a slice of the leading batch axis, contiguous, so it
+    is bound by pointer (no copy) and every range keeps fixed addresses."""
+
+    supports_rows = True
+
+    def __init__(self, pairs, row_shape, dtype: torch.dtype, max_batch: int, device: torch.device):
+        self.pairs = list(pairs)  # [(input name, output name)], k then v per layer
+        # Zero-filled once: masked slots must hold finite values (0 x NaN would poison attention).
+        self.full = [torch.zeros((max_batch, *row_shape), dtype=dtype, device=device) for _ in self.pairs]
+        self.select(0, 1)
+
+    def select(self, lo: int, hi: int) -> None:
+        self.views = [f[lo:hi] for f in self.full]
+
+    def inputs(self) -> dict[str, torch.Tensor]:
+        return {i: v for (i, _), v in zip(self.pairs, self.views)}
+
+    def outputs(self) -> dict[str, torch.Tensor]:
+        return {o: v for (_, o), v in zip(self.pairs, self.views)}  # the very same buffers
+
+    def after_call(self) -> None:
+        pass
+
+    def move_slots(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        move_cache_slots_(self.views, src, dst, slot_dim=2, batch_dim=0)
+
+    def move_row(self, src: int, dst: int) -> None:
+        for f in self.full:
+            f[dst].copy_(f[src])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.numel() * f.element_size() for f in self.full)
+
+
+class StackedCaches:
+    """The copy flavour's caches: `k_cache`/`v_cache` whole tensors ([L, B, KVH, S, D] for the target,
+    [B, KVH, S, D] for the drafter) that the graph returns whole as `k_cache_out`/`v_cache_out`. Two
+    pairs: one is read, the other written, then they swap. A batch of b rows is packed at the start of
+    the storage, so changing b re-lays the rows out: contents survive only until the next `select`,
+    and row ranges other than [0, b) are refused (`supports_rows`)."""
+
+    supports_rows = False
+
+    def __init__(self, shape_of, dtype: torch.dtype, max_batch: int, device: torch.device, batch_dim: int):
         self.shape_of = shape_of  # batch -> shape
-        self.in_place = in_place
+        self.batch_dim = batch_dim
         n = 1
         for s in shape_of(max_batch):
             n *= s
         # Zero-filled once: masked slots must hold finite values (0 x NaN would poison attention).
-        self._flat = [torch.zeros(n, dtype=dtype, device=device) for _ in range(2 if in_place else 4)]
-        self.view(1)
+        self._flat = [torch.zeros(n, dtype=dtype, device=device) for _ in range(4)]
+        self.select(0, 1)
 
-    def view(self, batch: int) -> None:
-        shape = self.shape_of(batch)
+    def select(self, lo: int, hi: int) -> None:
+        if lo != 0:
+            raise NotImplementedError("copy-flavour caches hold rows [0, b) only")
+        shape = self.shape_of(hi)
         n = 1
         for s in shape:
             n *= s
-        self.bufs = [f[:n].view(shape) for f in self._flat]  # k, v (current) [and k, v (next)]
+        self.bufs = [f[:n].view(shape) for f in self._flat]  # k, v (current), k, v (next)
         self.cur = 0
 
-    @property
-    def k(self) -> torch.Tensor:
-        return self.bufs[2 * self.cur]
+    def inputs(self) -> dict[str, torch.Tensor]:
+        return {"k_cache": self.bufs[2 * self.cur], "v_cache": self.bufs[2 * self.cur + 1]}
+
+    def outputs(self) -> dict[str, torch.Tensor]:
+        nxt = 1 - self.cur
+        return {"k_cache_out": self.bufs[2 * nxt], "v_cache_out": self.bufs[2 * nxt + 1]}
+
+    def after_call(self) -> None:
+        self.cur = 1 - self.cur
+
+    def move_slots(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        k, v = self.inputs().values()
+        move_cache_slots_((k, v), src, dst, slot_dim=self.batch_dim + 2, batch_dim=self.batch_dim)
+
+    def move_row(self, src: int, dst: int) -> None:
+        raise NotImplementedError("copy-flavour caches cannot move rows")
 
     @property
-    def v(self) -> torch.Tensor:
-        return self.bufs[2 * self.cur + 1]
-
-    @property
-    def next_k(self) -> torch.Tensor:
-        return self.k if self.in_place else self.bufs[2 * (1 - self.cur)]
-
-    @property
-    def next_v(self) -> torch.Tensor:
-        return self.v if self.in_place else self.bufs[2 * (1 - self.cur) + 1]
-
-    def swap(self) -> None:
-        if not self.in_place:
-            self.cur = 1 - self.cur
+    def nbytes(self) -> int:
+        return sum(f.numel() * f.element_size() for f in self._flat)
 
 
-class BufferedExecutor(Executor):
-    """An executor over exported graphs or engines whose caches live in KVBuffers `_tc` (target)
-    and `_dc` (drafter); `reset` narrows both to the batch."""
+ROWS_NEED_INPLACE = (
+    "this build's graphs/engines have copy-flavour KV caches ([layers, batch, ...] returned whole), whose rows "
+    "cannot be selected or moved; rebuild with in-place KV caches (the default for onnxruntime and for "
+    "TensorRT >= 10.15: `griffin-trt build --kv-flavour inplace`) or run whole batches with reset()"
+)
 
-    _tc: KVBuffers
-    _dc: KVBuffers
+
+class CacheExecutor(Executor):
+    """An executor over exported graphs or engines whose caches live in `_tc` (target) and `_dc`
+    (drafter), LayerCaches or StackedCaches; the row bookkeeping is shared here."""
+
+    _tc: LayerCaches | StackedCaches
+    _dc: LayerCaches | StackedCaches
+    verify_writes = True  # refuse a write_index that is not one contiguous run per row (in-place caches)
 
     def reset(self, batch: int) -> None:
         if not 1 <= batch <= self.spec.max_batch:
             raise ValueError(f"batch {batch} is outside [1, max_batch={self.spec.max_batch}]")
-        self.batch = batch
-        self._tc.view(batch)
-        self._dc.view(batch)
+        self._select(0, batch)
+
+    def select_rows(self, lo: int, hi: int) -> None:
+        if not 0 <= lo < hi <= self.spec.max_batch:
+            raise ValueError(f"row range [{lo}, {hi}) is outside [0, max_batch={self.spec.max_batch})")
+        if not (self._tc.supports_rows and self._dc.supports_rows):
+            raise NotImplementedError(ROWS_NEED_INPLACE)
+        self._select(lo, hi)
+
+    def move_rows(self, src: int, dst: int) -> None:
+        for r in (src, dst):
+            if not 0 <= r < self.spec.max_batch:
+                raise ValueError(f"row {r} is outside [0, max_batch={self.spec.max_batch})")
+        if not (self._tc.supports_rows and self._dc.supports_rows):
+            raise NotImplementedError(ROWS_NEED_INPLACE)
+        if src != dst:
+            self._tc.move_row(src, dst)
+            self._dc.move_row(src, dst)
+
+    def _select(self, lo: int, hi: int) -> None:
+        self.batch = hi - lo
+        self._tc.select(lo, hi)
+        self._dc.select(lo, hi)
 
     def _check_batch(self, b: int) -> None:
         if b != self.batch:
             raise ValueError(f"got {b} rows but the executor was reset for {self.batch}")
+
+    def _check_writes(self, write_index: torch.Tensor, caches) -> None:
+        if self.verify_writes and isinstance(caches, LayerCaches):
+            check_contiguous_writes(write_index)
+
+    def move_target_kv(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        if src.shape != dst.shape or src.shape[0] != self.batch:
+            raise ValueError(f"src {list(src.shape)} and dst {list(dst.shape)} must both be [{self.batch}, A]")
+        dev = self.spec.device
+        with torch.inference_mode():
+            self._tc.move_slots(src.to(dev, torch.int64), dst.to(dev, torch.int64))
+
+
+def caches_for(input_names, shape_of, dtype: torch.dtype, max_batch: int, device: torch.device):
+    """The cache buffers a graph's (or engine's) inputs call for: LayerCaches for the inplace
+    flavour, StackedCaches for the copy flavour. `shape_of(name)` gives an input's shape (batch
+    axis any value); returns (caches, cache capacity S)."""
+    from ...builders.kv_layout import COPY, cache_pairs, flavour_of
+
+    names = list(input_names)
+    if flavour_of(names) == COPY:
+        s = list(shape_of("k_cache"))
+        if len(s) == 5:  # the target: [L, B, KVH, S, D]
+            return StackedCaches(lambda b: (s[0], b, *s[2:]), dtype, max_batch, device, batch_dim=1), s[3]
+        return StackedCaches(lambda b: (b, *s[1:]), dtype, max_batch, device, batch_dim=0), s[2]
+    pairs = cache_pairs(names)
+    s = list(shape_of(pairs[0][0]))  # [B, KVH, S, D]
+    return LayerCaches(pairs, s[1:], dtype, max_batch, device), s[2]
+
+
+def logit_rows(logit_index: torch.Tensor | None, b: int, t: int, device: torch.device) -> torch.Tensor:
+    """The logit_index to feed an in-place target graph: the given rows, or all T columns."""
+    if logit_index is None:
+        return torch.arange(t, device=device).expand(b, t).contiguous()
+    if logit_index.dim() != 2 or logit_index.shape[0] != b:
+        raise ValueError(f"logit_index has shape {list(logit_index.shape)}, expected [{b}, R]")
+    return logit_index.to(device=device, dtype=torch.int64).contiguous()

@@ -2,8 +2,11 @@
 
 It proves the graphs TensorRT parses: the same `target.onnx` / `drafter.onnx`, the same static
 cache capacities, the same inputs. Caches live as torch tensors bound to the graphs through IO
-binding (no copies at the boundary); each graph returns its updated caches whole, written straight
-into a second buffer, and the two buffers swap after every call.
+binding (no copies at the boundary). In-place graphs (builders/kv_layout.py): each layer's cache
+input and output are bound to one buffer, so onnxruntime's TensorScatter writes only the new
+entries (it logs "in-place optimization not activated" at warning level when it has to copy
+instead; tests check it does not). Copy-flavour graphs return the caches whole, written into a
+second buffer; the two swap after every call.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import onnxruntime as ort
 import torch
 
 from ...builders.manifest import ManifestError, build_file, read_manifest
-from .base import BufferedExecutor, ExecutorSpec, KVBuffers, move_cache_slots_
+from .base import CacheExecutor, ExecutorSpec, LayerCaches, caches_for, logit_rows
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +36,13 @@ _TORCH_TYPE = {
 class _Graph:
     """One ONNX graph in an onnxruntime session, fed and drained through IO binding."""
 
-    def __init__(self, path: Path, providers: list, device: torch.device, threads: int | None = None):
+    def __init__(self, path: Path, providers: list, device: torch.device, threads: int | None = None,
+                 log_severity: int = 3):
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
+        opts.log_severity_level = log_severity
         self.path = path
         self.session = ort.InferenceSession(str(path), opts, providers=providers)
         self.device = device
@@ -52,6 +56,9 @@ class _Graph:
             return _TORCH_TYPE[arg.type]
         except KeyError:
             raise ManifestError(f"{self.path.name}: {name} has unsupported type {arg.type}") from None
+
+    def cache_dtype(self) -> torch.dtype:
+        return self.dtype(next(n for n in self.inputs if n.startswith("k_cache")))
 
     def static_shape(self, name: str) -> list:
         arg = self.inputs.get(name) or self.outputs[name]
@@ -83,7 +90,7 @@ def pick_providers(device: str = "auto") -> tuple[list, torch.device]:
     return ["CPUExecutionProvider"], torch.device("cpu")
 
 
-class OrtExecutor(BufferedExecutor):
+class OrtExecutor(CacheExecutor):
     def __init__(
         self,
         target_onnx: Path,
@@ -97,19 +104,20 @@ class OrtExecutor(BufferedExecutor):
         max_batch: int,
         device: str = "auto",
         threads: int | None = None,
+        log_severity: int = 3,
     ):
         providers, dev = pick_providers(device)
-        self.target = _Graph(Path(target_onnx), providers, dev, threads)
-        self.drafter = _Graph(Path(drafter_onnx), providers, dev, threads)
+        self.target = _Graph(Path(target_onnx), providers, dev, threads, log_severity)
+        self.drafter = _Graph(Path(drafter_onnx), providers, dev, threads, log_severity)
         t, d = self.target, self.drafter
 
-        t_shape = t.static_shape("k_cache")  # [L, batch, KVH, S, D]
-        d_shape = d.static_shape("k_cache")  # [batch, KVH, S, D]
+        self._tc, t_len = caches_for(t.inputs, t.static_shape, t.cache_dtype(), max_batch, dev)
+        self._dc, d_len = caches_for(d.inputs, d.static_shape, d.cache_dtype(), max_batch, dev)
         problems = []
-        if t_shape[3] != target_kv_len:
-            problems.append(f"target.onnx cache capacity {t_shape[3]} != target_kv_len {target_kv_len}")
-        if d_shape[2] != drafter_kv_len:
-            problems.append(f"drafter.onnx cache capacity {d_shape[2]} != drafter_kv_len {drafter_kv_len}")
+        if t_len != target_kv_len:
+            problems.append(f"target.onnx cache capacity {t_len} != target_kv_len {target_kv_len}")
+        if d_len != drafter_kv_len:
+            problems.append(f"drafter.onnx cache capacity {d_len} != drafter_kv_len {drafter_kv_len}")
         if d.static_shape("topk_ids")[2] != top_k:
             problems.append(f"drafter.onnx top-k {d.static_shape('topk_ids')[2]} != top_k {top_k}")
         if t.static_shape("logits")[2] != vocab_size:
@@ -129,13 +137,12 @@ class OrtExecutor(BufferedExecutor):
         )
         self._regress_dtype = d.dtype("regress")
         self._features_dtype = d.dtype("features")
-        self._tc = KVBuffers(lambda b: (t_shape[0], b, *t_shape[2:]), t.dtype("k_cache"), max_batch, dev)
-        self._dc = KVBuffers(lambda b: (b, *d_shape[1:]), d.dtype("k_cache"), max_batch, dev)
         self.reset(1)
 
     @classmethod
     def from_build_dir(
-        cls, build_dir: str | Path, max_batch: int | None = None, device: str = "auto", threads: int | None = None, **ignored
+        cls, build_dir: str | Path, max_batch: int | None = None, device: str = "auto", threads: int | None = None,
+        log_severity: int = 3, **ignored
     ) -> "OrtExecutor":
         build_dir = Path(build_dir)
         m = read_manifest(build_dir)
@@ -150,6 +157,7 @@ class OrtExecutor(BufferedExecutor):
             max_batch=max_batch or m["limits"]["max_batch"],
             device=device,
             threads=threads,
+            log_severity=log_severity,
         )
 
     # -- Executor ---------------------------------------------------------------------------------
@@ -165,23 +173,27 @@ class OrtExecutor(BufferedExecutor):
         return mask.to(device=self.spec.device, dtype=torch.bool).contiguous()
 
     @torch.inference_mode()
-    def target_step(self, tokens, positions, write_index, mask):
+    def target_step(self, tokens, positions, write_index, mask, logit_index=None):
         b, t = tokens.shape
         self._check_batch(b)
-        c = self._tc
+        c, dev = self._tc, self.spec.device
         feeds = {
             "tokens": self._ids(tokens, "tokens", b, t),
             "positions": self._ids(positions, "positions", b, t),
             "write_index": self._ids(write_index, "write_index", b, t),
             "mask": self._mask(mask, b, t, self.spec.target_kv_len),
-            "k_cache": c.k,
-            "v_cache": c.v,
         }
-        dev = self.spec.device
-        logits = torch.empty(b, t, self.spec.vocab_size, dtype=torch.float32, device=dev)
+        self._check_writes(feeds["write_index"], c)
+        in_place = isinstance(c, LayerCaches)
+        if in_place:  # the graph computes logits for the asked rows only
+            feeds["logit_index"] = logit_rows(logit_index, b, t, dev)
+        rows = feeds["logit_index"].shape[1] if in_place else t
+        logits = torch.empty(b, rows, self.spec.vocab_size, dtype=torch.float32, device=dev)
         hidden = torch.empty(b, t, self.spec.hidden_size, dtype=self.spec.feature_dtype, device=dev)
-        self.target.run(feeds, {"logits": logits, "hidden": hidden, "k_cache_out": c.next_k, "v_cache_out": c.next_v})
-        c.swap()
+        self.target.run({**feeds, **c.inputs()}, {"logits": logits, "hidden": hidden, **c.outputs()})
+        c.after_call()
+        if logit_index is not None and not in_place:
+            logits = logits.gather(1, logit_rows(logit_index, b, t, dev)[..., None].expand(-1, -1, logits.shape[-1]))
         return logits, hidden
 
     @torch.inference_mode()
@@ -197,25 +209,12 @@ class OrtExecutor(BufferedExecutor):
             "positions": self._ids(positions, "positions", b, t),
             "write_index": self._ids(write_index, "write_index", b, t),
             "mask": self._mask(mask, b, t, self.spec.drafter_kv_len),
-            "k_cache": c.k,
-            "v_cache": c.v,
         }
+        self._check_writes(feeds["write_index"], c)
         dev, k = self.spec.device, self.spec.top_k
         vals = torch.empty(b, t, k, dtype=torch.float32, device=dev)
         ids = torch.empty(b, t, k, dtype=torch.int64, device=dev)
         regress = torch.empty(b, t, self.spec.hidden_size, dtype=self._regress_dtype, device=dev)
-        self.drafter.run(
-            feeds,
-            {"topk_logprobs": vals, "topk_ids": ids, "regress": regress, "k_cache_out": c.next_k, "v_cache_out": c.next_v},
-        )
-        c.swap()
+        self.drafter.run({**feeds, **c.inputs()}, {"topk_logprobs": vals, "topk_ids": ids, "regress": regress, **c.outputs()})
+        c.after_call()
         return vals, ids, regress
-
-    @torch.inference_mode()
-    def move_target_kv(self, src, dst):
-        if src.shape != dst.shape or src.shape[0] != self.batch:
-            raise ValueError(f"src {list(src.shape)} and dst {list(dst.shape)} must both be [{self.batch}, A]")
-        dev = self.spec.device
-        move_cache_slots_(
-            (self._tc.k, self._tc.v), src.to(dev, torch.int64), dst.to(dev, torch.int64), slot_dim=3, batch_dim=1
-        )

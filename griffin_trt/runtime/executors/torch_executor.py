@@ -103,8 +103,8 @@ class TorchExecutor(Executor):
         self.dk, self.dv = self._dk[:batch], self._dv[:batch]
 
     # The caches are read from self (views of fixed storage), so a captured graph keeps using them.
-    def _eager_target(self, tokens, positions, write_index, mask):
-        logits, hidden, _, _ = self.pair.target(tokens, positions, write_index, mask, self.tk, self.tv)
+    def _eager_target(self, tokens, positions, write_index, mask, logit_index=None):
+        logits, hidden, _, _ = self.pair.target(tokens, positions, write_index, mask, self.tk, self.tv, logit_index)
         return logits, hidden
 
     def _eager_draft(self, features, tokens, positions, write_index, mask):
@@ -112,8 +112,10 @@ class TorchExecutor(Executor):
         return vals, ids, regress
 
     @torch.inference_mode()
-    def target_step(self, tokens, positions, write_index, mask):
-        return self._target(tokens, positions, write_index, mask)
+    def target_step(self, tokens, positions, write_index, mask, logit_index=None):
+        if logit_index is None:
+            return self._target(tokens, positions, write_index, mask)
+        return self._target(tokens, positions, write_index, mask, logit_index)
 
     @torch.inference_mode()
     def draft_step(self, features, tokens, positions, write_index, mask):

@@ -1,51 +1,79 @@
 """Executor running the TensorRT engines of a build on CUDA (GPU hosts with TensorRT only).
 
 Never imported on CPU paths: `make_executor("tensorrt", ...)` imports it lazily. Buffers are torch
-CUDA tensors handed to TensorRT by address (`set_tensor_address`); engines run with
-`execute_async_v3` on torch's current stream, so no host synchronisation happens inside a step.
+CUDA tensors handed to TensorRT by address (`set_tensor_address`).
 
-- One execution context per optimization profile (prefill / verify for the target; prefill /
-  update / frontier for the drafter), all sharing one scratch allocation (they run one at a time on
-  one stream); a call picks the narrowest profile whose token range holds T.
-- KV caches are allocated once at max_batch. Where the engine declares an output aliased to its
-  cache input (`get_aliased_input_tensor`), both addresses point at the same buffer and the cache is
-  updated in place; otherwise the engine writes the whole cache into a second buffer and the two
-  swap after the call.
+- Engines run on the executor's own CUDA stream, never the legacy default stream: a call makes that
+  stream wait for torch's current stream (the inputs), enqueues `execute_async_v3`, and makes the
+  current stream wait for it, so callers see results in stream order with no host synchronisation.
+- One execution context per optimization profile (prefill / verify for the target; prefill / update /
+  frontier for the drafter), all sharing one scratch allocation (they run one at a time on one
+  stream); a call picks the narrowest profile whose token range holds T.
+- KV caches (builders/kv_layout.py). In-place engines (TensorRT >= 10.15): one buffer per layer's K
+  and V, bound to the cache input AND its output; at load every pair is checked with
+  `ICudaEngine.get_aliased_input_tensor` (an engine that does not alias one is refused). Buffers are
+  allocated once, so a row range keeps fixed addresses. Copy-flavour engines (older TensorRT):
+  double-buffered, whole batches only.
+- Draft-tree ops: when the build has the `griffin::DraftTree*` plugin engines, `tree_ops()` runs
+  expand and select through them (greedy accept stays the OpenAI-Triton kernel, or the torch
+  reference where triton is missing); otherwise the kernels.
 - The manifest's TensorRT version must equal the installed one (serialized engines are tied to it).
 """
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from ...builders.manifest import ManifestError, build_file, check_tensorrt_version, read_manifest
-from .base import BufferedExecutor, ExecutorSpec, KVBuffers, move_cache_slots_
+from ...builders.kv_layout import cache_pairs, flavour_of
+from ...builders.manifest import ManifestError, build_file, check_tensorrt_version, kv_flavour, read_manifest
+from ...tree.ops import TreeOps, default_tree_ops
+from ...tree.structure import DraftTree
+from .base import CacheExecutor, ExecutorSpec, LayerCaches, caches_for, logit_rows
+
+if TYPE_CHECKING:  # string annotations name TensorRT's classes; never imported at run time here
+    import tensorrt as trt
 
 log = logging.getLogger(__name__)
-
-PLUGIN_MODULE = "griffin_trt.tree.trt_plugin"
 
 
 def _torch_dtype(trt, dt) -> torch.dtype:
     table = {
-        trt.DataType.FLOAT: torch.float32,
-        trt.DataType.HALF: torch.float16,
-        trt.DataType.INT32: torch.int32,
-        trt.DataType.INT8: torch.int8,
-        trt.DataType.BOOL: torch.bool,
+        trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.BF16: torch.bfloat16,
+        trt.DataType.INT32: torch.int32, trt.DataType.INT64: torch.int64, trt.DataType.INT8: torch.int8,
+        trt.DataType.UINT8: torch.uint8, trt.DataType.BOOL: torch.bool, trt.DataType.FP8: torch.float8_e4m3fn,
     }
-    for name, tdt in (("BF16", torch.bfloat16), ("INT64", torch.int64), ("UINT8", torch.uint8),
-                      ("FP8", getattr(torch, "float8_e4m3fn", None))):
-        if hasattr(trt.DataType, name) and tdt is not None:
-            table[getattr(trt.DataType, name)] = tdt
     try:
         return table[dt]
     except KeyError:
         raise ManifestError(f"engine tensor type {dt} has no torch equivalent") from None
+
+
+class _Stream:
+    """The CUDA stream the engines run on (inert on CPU, where only tests run fake engines)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cuda = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    @property
+    def handle(self) -> int:
+        return self.cuda.cuda_stream if self.cuda is not None else 0
+
+    def begin(self) -> None:
+        if self.cuda is not None:
+            self.cuda.wait_stream(torch.cuda.current_stream(self.device))
+
+    def end(self) -> None:
+        if self.cuda is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self.cuda)
+
+    def synchronize(self) -> None:
+        if self.cuda is not None:
+            self.cuda.synchronize()
 
 
 @dataclass(frozen=True)
@@ -59,11 +87,12 @@ class _Profile:
 class _Engine:
     """A deserialized engine with one execution context per optimization profile."""
 
-    def __init__(self, trt, runtime, path: Path, device: torch.device):
+    def __init__(self, trt, runtime: "trt.Runtime", path: Path, device: torch.device, stream: _Stream):
         self.trt = trt
         self.path = path
         self.device = device
-        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        self.stream = stream
+        engine: "trt.ICudaEngine" = runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
             raise ManifestError(
                 f"TensorRT could not load {path} (built for another TensorRT version or GPU?); rebuild it"
@@ -75,53 +104,36 @@ class _Engine:
         self.dtypes = {n: _torch_dtype(trt, engine.get_tensor_dtype(n)) for n in names}
         self.shapes = {n: tuple(engine.get_tensor_shape(n)) for n in names}  # -1 on dynamic axes
 
+        # Token range from `tokens` ([B, T]); engines without one (the tree engines) vary only B.
+        key = "tokens" if "tokens" in self.inputs else self.inputs[0]
         self.profiles: list[_Profile] = []
         for p in range(engine.num_optimization_profiles):
-            lo, _opt, hi = engine.get_tensor_profile_shape("tokens", p)
-            self.profiles.append(_Profile(p, int(lo[1]), int(hi[1]), int(hi[0])))
+            lo, _opt, hi = engine.get_tensor_profile_shape(key, p)
+            t_lo, t_hi = (int(lo[1]), int(hi[1])) if key == "tokens" else (1, 1)
+            self.profiles.append(_Profile(p, t_lo, t_hi, int(hi[0])))
         # Narrowest first: a verify step of T = tree_size should not run in the prefill profile.
         self.by_width = sorted(self.profiles, key=lambda p: (p.t_max - p.t_min, p.index))
 
-        # In-place cache update where the engine declares the alias.
-        getter = getattr(engine, "get_aliased_input_tensor", None)
-        self.aliased = {}
-        for out in ("k_cache_out", "v_cache_out"):
-            src = getter(out) if getter else None
-            if src:
-                self.aliased[out] = src
-
         # One context per profile; all share one scratch buffer sized for the largest profile.
-        user = getattr(trt, "ExecutionContextAllocationStrategy", None)
-        sizes = []
-        for p in self.profiles:
-            f = getattr(engine, "get_device_memory_size_for_profile_v2", None) or getattr(
-                engine, "get_device_memory_size_for_profile", None
-            )
-            sizes.append(int(f(p.index)) if f else 0)
-        scratch = max(sizes + [int(getattr(engine, "device_memory_size_v2", 0) or getattr(engine, "device_memory_size", 0))])
+        scratch = max(int(engine.get_device_memory_size_for_profile_v2(p.index)) for p in self.profiles)
         self.scratch = torch.empty(max(scratch, 1), dtype=torch.uint8, device=device)
-        stream = torch.cuda.current_stream(device).cuda_stream
         self.contexts = []
         for p in self.profiles:
-            if user is not None:
-                ctx = engine.create_execution_context(user.USER_MANAGED)
-                if hasattr(ctx, "set_device_memory"):
-                    ctx.set_device_memory(self.scratch.data_ptr(), self.scratch.numel())
-                else:
-                    ctx.device_memory = self.scratch.data_ptr()
-            else:
-                ctx = engine.create_execution_context_without_device_memory()
-                ctx.device_memory = self.scratch.data_ptr()
+            ctx = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
             if ctx is None:
                 raise RuntimeError(f"TensorRT could not create an execution context for {path.name}")
-            if not ctx.set_optimization_profile_async(p.index, stream):
+            ctx.set_device_memory(self.scratch.data_ptr(), self.scratch.numel())
+            if not ctx.set_optimization_profile_async(p.index, stream.handle):
                 raise RuntimeError(f"{path.name}: could not select optimization profile {p.index}")
             self.contexts.append(ctx)
-        torch.cuda.current_stream(device).synchronize()
+        stream.synchronize()
 
     @property
     def max_batch(self) -> int:
         return min(p.b_max for p in self.profiles)
+
+    def cache_dtype(self) -> torch.dtype:
+        return self.dtypes[next(n for n in self.inputs if n.startswith("k_cache"))]
 
     def pick(self, b: int, t: int) -> int:
         for p in self.by_width:
@@ -130,71 +142,110 @@ class _Engine:
         ranges = ", ".join(f"T {p.t_min}..{p.t_max}, B <= {p.b_max}" for p in self.profiles)
         raise ValueError(f"{self.path.name}: no optimization profile takes B={b}, T={t} (profiles: {ranges})")
 
-    def run(self, feeds: dict[str, torch.Tensor], outs: dict[str, torch.Tensor]) -> None:
-        b, t = feeds["tokens"].shape
-        ctx = self.contexts[self.pick(b, t)]
+    def check_in_place(self, pairs: list[tuple[str, str]]) -> None:
+        """Refuse an engine whose cache outputs are not aliased to their inputs."""
+        from ...builders.tensorrt_engine import alias_problems
+
+        wrong = alias_problems(self.engine, pairs)
+        if wrong:
+            raise ManifestError(
+                f"{self.path.name}: TensorRT does not update these KV caches in place ({'; '.join(wrong)}); binding "
+                "one buffer to both would be undefined. Rebuild (`griffin-trt build --kv-flavour copy` on TensorRT "
+                "versions that do not lower TensorScatter to the KV-cache update layer)"
+            )
+
+    def run(self, feeds: dict[str, torch.Tensor], outs: dict[str, torch.Tensor], b: int, t: int = 1) -> None:
+        ctx: "trt.IExecutionContext" = self.contexts[self.pick(b, t)]
         for name, x in feeds.items():
             if not ctx.set_input_shape(name, tuple(x.shape)):
                 raise ValueError(f"{self.path.name}: input {name} of shape {list(x.shape)} is out of the profile")
             ctx.set_tensor_address(name, x.data_ptr())
         for name, x in outs.items():
             ctx.set_tensor_address(name, x.data_ptr())
-        stream = torch.cuda.current_stream(self.device).cuda_stream
-        if not ctx.execute_async_v3(stream):
+        self.stream.begin()
+        ok = ctx.execute_async_v3(self.stream.handle)
+        self.stream.end()
+        if not ok:
             raise RuntimeError(f"{self.path.name}: TensorRT execution failed (see the TensorRT log)")
 
+    def batch_outputs(self, b: int) -> dict[str, torch.Tensor]:
+        """Output buffers of an engine whose only dynamic axis is the leading batch axis."""
+        return {n: torch.empty((b, *self.shapes[n][1:]), dtype=self.dtypes[n], device=self.device) for n in self.outputs}
 
-def _load_plugins(trt, logger, build_dir: Path, manifest: dict) -> None:
+
+def _load_plugins(trt, logger, manifest: dict) -> None:
+    """TensorRT's own plugins, and ours where the build's engines hold them: TensorRT must find the
+    plugin creators to deserialize (AOT engines then launch the stored PTX without Python)."""
     trt.init_libnvinfer_plugins(logger, "")
-    lib = build_file(build_dir, manifest, "plugin")
-    if lib is not None:
-        trt.get_plugin_registry().load_library(str(lib))
-    try:
-        mod = importlib.import_module(PLUGIN_MODULE)
-    except ImportError:
+    files = manifest["files"]
+    if not (files.get("tree_expand_engine") or files.get("tree_finalize_engine")):
         return
-    for fn_name in ("load_plugin", "register"):  # Python plugins: needed for JIT-built engines
-        fn = getattr(mod, fn_name, None)
-        if callable(fn):
-            try:
-                fn()
-            except Exception as e:  # noqa: BLE001 - engines without plugin layers do not need them
-                log.info("draft-tree plugins not loaded: %s", e)
-            break
+    from ...tree import trt_plugin
+
+    try:
+        trt_plugin.load_plugin()
+    except trt_plugin.PluginUnavailable as e:
+        raise ManifestError(f"this build's draft-tree engines need the griffin plugins, which cannot register: {e}") from e
 
 
-class TrtExecutor(BufferedExecutor):
-    def __init__(self, build_dir: Path, manifest: dict, max_batch: int | None = None, device: str | None = None):
-        import tensorrt as trt
+class TrtExecutor(CacheExecutor):
+    # Checking that every write is one contiguous run costs a host sync on CUDA; the onnxruntime
+    # executor checks it on every call in CI, where the loop runs over the same graphs.
+    verify_writes = False
 
-        if not torch.cuda.is_available():
-            raise RuntimeError("the tensorrt back end needs a CUDA GPU, and torch sees none")
-        dev = torch.device(device if device and device not in ("auto",) else "cuda")
-        if dev.type != "cuda":
-            raise RuntimeError(f"the tensorrt back end runs on CUDA, not {dev}")
-        if dev.index is None:
+    def __init__(
+        self,
+        build_dir: Path,
+        manifest: dict,
+        max_batch: int | None = None,
+        device: str | None = None,
+        *,
+        trt=None,
+        runtime=None,
+    ):
+        """`trt` / `runtime` default to the real TensorRT (CUDA required); tests pass fakes (any device)."""
+        if trt is None:
+            import tensorrt as trt
+
+            if not torch.cuda.is_available():
+                raise RuntimeError("the tensorrt back end needs a CUDA GPU, and torch sees none")
+        dev = torch.device(device if device and device != "auto" else "cuda")
+        if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
         self.build_dir = Path(build_dir)
         self.manifest = manifest
         self.trt = trt
         self.logger = trt.Logger(trt.Logger.WARNING)
-        _load_plugins(trt, self.logger, self.build_dir, manifest)
-        self.runtime = trt.Runtime(self.logger)
-        with torch.cuda.device(dev):
-            self.target = _Engine(trt, self.runtime, build_file(build_dir, manifest, "target_engine"), dev)
-            self.drafter = _Engine(trt, self.runtime, build_file(build_dir, manifest, "drafter_engine"), dev)
-        t, d = self.target, self.drafter
+        _load_plugins(trt, self.logger, manifest)
+        self.runtime = runtime if runtime is not None else trt.Runtime(self.logger)
+        self.stream = _Stream(dev)
+
+        def engine(key):
+            path = build_file(build_dir, manifest, key)
+            return _Engine(trt, self.runtime, path, dev, self.stream) if path is not None else None
+
+        t, d = engine("target_engine"), engine("drafter_engine")
+        self.target, self.drafter = t, d
+        self.tree_expand, self.tree_finalize = engine("tree_expand_engine"), engine("tree_finalize_engine")
 
         engine_batch = min(t.max_batch, d.max_batch)
         mb = max_batch or manifest["limits"]["max_batch"]
         if mb > engine_batch:
             raise ValueError(f"max_batch {mb} exceeds the engines' profiles (built for at most {engine_batch}); rebuild")
-        t_shape, d_shape = t.shapes["k_cache"], d.shapes["k_cache"]  # [L, -1, KVH, S, D], [-1, KVH, S, D]
+        flavour = kv_flavour(manifest)
+        for e in (t, d):
+            if flavour_of(e.inputs) != flavour:
+                raise ManifestError(f"{e.path.name} has {flavour_of(e.inputs)}-flavour KV caches but the manifest says "
+                                    f"{flavour}; rebuild")
+            if flavour == "inplace":
+                e.check_in_place(cache_pairs(e.inputs))
+        self._tc, t_len = caches_for(t.inputs, lambda n: t.shapes[n], t.cache_dtype(), mb, dev)
+        self._dc, d_len = caches_for(d.inputs, lambda n: d.shapes[n], d.cache_dtype(), mb, dev)
         problems = []
-        if t_shape[3] != manifest["target_kv_len"]:
-            problems.append(f"target engine cache capacity {t_shape[3]} != target_kv_len {manifest['target_kv_len']}")
-        if d_shape[2] != manifest["drafter_kv_len"]:
-            problems.append(f"drafter engine cache capacity {d_shape[2]} != drafter_kv_len {manifest['drafter_kv_len']}")
+        if t_len != manifest["target_kv_len"]:
+            problems.append(f"target engine cache capacity {t_len} != target_kv_len {manifest['target_kv_len']}")
+        if d_len != manifest["drafter_kv_len"]:
+            problems.append(f"drafter engine cache capacity {d_len} != drafter_kv_len {manifest['drafter_kv_len']}")
         if d.shapes["topk_ids"][2] != manifest["tree"]["top_k"]:
             problems.append(f"drafter engine top-k {d.shapes['topk_ids'][2]} != top_k {manifest['tree']['top_k']}")
         if problems:
@@ -210,10 +261,6 @@ class TrtExecutor(BufferedExecutor):
             device=dev,
             feature_dtype=t.dtypes["hidden"],
         )
-        in_place_t = t.aliased.get("k_cache_out") == "k_cache" and t.aliased.get("v_cache_out") == "v_cache"
-        in_place_d = d.aliased.get("k_cache_out") == "k_cache" and d.aliased.get("v_cache_out") == "v_cache"
-        self._tc = KVBuffers(lambda b: (t_shape[0], b, *t_shape[2:]), t.dtypes["k_cache"], mb, dev, in_place_t)
-        self._dc = KVBuffers(lambda b: (b, *d_shape[1:]), d.dtypes["k_cache"], mb, dev, in_place_d)
         self.reset(1)
 
     @classmethod
@@ -236,7 +283,7 @@ class TrtExecutor(BufferedExecutor):
         return torch.empty(shape, dtype=eng.dtypes[name], device=self.spec.device)
 
     @torch.inference_mode()
-    def target_step(self, tokens, positions, write_index, mask):
+    def target_step(self, tokens, positions, write_index, mask, logit_index=None):
         b, t = tokens.shape
         self._check_batch(b)
         e, c = self.target, self._tc
@@ -245,13 +292,19 @@ class TrtExecutor(BufferedExecutor):
             "positions": self._in(positions, e, "positions", (b, t)),
             "write_index": self._in(write_index, e, "write_index", (b, t)),
             "mask": self._in(mask, e, "mask", (b, t, self.spec.target_kv_len)),
-            "k_cache": c.k,
-            "v_cache": c.v,
         }
-        logits = self._out(e, "logits", (b, t, self.spec.vocab_size))
+        self._check_writes(feeds["write_index"], c)
+        in_place = isinstance(c, LayerCaches)
+        if in_place:  # the engine computes logits for the asked rows only
+            feeds["logit_index"] = logit_rows(logit_index, b, t, self.spec.device)
+        rows = feeds["logit_index"].shape[1] if in_place else t
+        logits = self._out(e, "logits", (b, rows, self.spec.vocab_size))
         hidden = self._out(e, "hidden", (b, t, self.spec.hidden_size))
-        e.run(feeds, {"logits": logits, "hidden": hidden, "k_cache_out": c.next_k, "v_cache_out": c.next_v})
-        c.swap()
+        e.run({**feeds, **c.inputs()}, {"logits": logits, "hidden": hidden, **c.outputs()}, b, t)
+        c.after_call()
+        if logit_index is not None and not in_place:
+            rows_idx = logit_rows(logit_index, b, t, self.spec.device)
+            logits = logits.gather(1, rows_idx[..., None].expand(-1, -1, logits.shape[-1]))
         return logits.float(), hidden
 
     @torch.inference_mode()
@@ -265,24 +318,52 @@ class TrtExecutor(BufferedExecutor):
             "positions": self._in(positions, e, "positions", (b, t)),
             "write_index": self._in(write_index, e, "write_index", (b, t)),
             "mask": self._in(mask, e, "mask", (b, t, self.spec.drafter_kv_len)),
-            "k_cache": c.k,
-            "v_cache": c.v,
         }
+        self._check_writes(feeds["write_index"], c)
         vals = self._out(e, "topk_logprobs", (b, t, k))
         ids = self._out(e, "topk_ids", (b, t, k))
         regress = self._out(e, "regress", (b, t, self.spec.hidden_size))
-        e.run(
-            feeds,
-            {"topk_logprobs": vals, "topk_ids": ids, "regress": regress, "k_cache_out": c.next_k, "v_cache_out": c.next_v},
-        )
-        c.swap()
+        e.run({**feeds, **c.inputs()}, {"topk_logprobs": vals, "topk_ids": ids, "regress": regress, **c.outputs()}, b, t)
+        c.after_call()
         return vals.float(), ids.long(), regress
 
+    # -- draft-tree ops through the plugin engines ---------------------------------------------------
+
+    def tree_ops(self) -> TreeOps:
+        """expand / select through the `griffin::DraftTree*` plugin engines when the build has them;
+        greedy accept (and everything when it has not) from the default ops (OpenAI-Triton kernels)."""
+        base = default_tree_ops(self.spec.device)
+        if self.tree_expand is None or self.tree_finalize is None:
+            return base
+        return TreeOps("tensorrt-plugin", self._plugin_expand, self._plugin_select, base.greedy_accept)
+
+    def _tree_feeds(self, e: _Engine, names, tensors) -> dict[str, torch.Tensor]:
+        feeds = {}
+        for name, x in zip(names, tensors):
+            want = (x.shape[0], *e.shapes[name][1:])
+            feeds[name] = self._in(x, e, name, want)
+        return feeds
+
     @torch.inference_mode()
-    def move_target_kv(self, src, dst):
-        if src.shape != dst.shape or src.shape[0] != self.batch:
-            raise ValueError(f"src {list(src.shape)} and dst {list(dst.shape)} must both be [{self.batch}, A]")
-        dev = self.spec.device
-        move_cache_slots_(
-            (self._tc.k, self._tc.v), src.to(dev, torch.int64), dst.to(dev, torch.int64), slot_dim=3, batch_dim=1
-        )
+    def _plugin_expand(self, scores, child_logp, child_ids, k):
+        e = self.tree_expand
+        if k != e.shapes["next_ids"][1]:
+            raise ValueError(f"the expand engine keeps top-{e.shapes['next_ids'][1]}, asked for {k}")
+        b = scores.shape[0]
+        feeds = self._tree_feeds(e, ("scores", "child_logp", "child_ids"), (scores, child_logp, child_ids))
+        outs = e.batch_outputs(b)
+        e.run(feeds, outs, b)
+        return tuple(outs[n] for n in ("cand_scores", "cand_ids", "next_scores", "next_ids", "next_flat"))
+
+    @torch.inference_mode()
+    def _plugin_select(self, root, cand_scores, cand_ids, cand_parents, cand_depths, total_tokens, max_depth):
+        e = self.tree_finalize
+        if (total_tokens, max_depth + 1) != (e.shapes["tokens"][1], e.shapes["retrieve"][2]):
+            raise ValueError(f"the finalize engine was built for total_tokens {e.shapes['tokens'][1]} and max_depth "
+                             f"{e.shapes['retrieve'][2] - 1}, asked for {total_tokens} and {max_depth}")
+        b = cand_scores.shape[0]
+        feeds = self._tree_feeds(e, ("root", "cand_scores", "cand_ids", "cand_parents", "cand_depths"),
+                                 (root, cand_scores, cand_ids, cand_parents, cand_depths))
+        outs = e.batch_outputs(b)
+        e.run(feeds, outs, b)
+        return DraftTree(*(outs[n] for n in ("tokens", "parents", "depths", "mask", "retrieve", "num_leaves")))
