@@ -301,11 +301,21 @@ class TritonServer:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                pass
+            # Whatever is left in the group (tritonserver past its timeout; back-end stubs still loading a
+            # model when tritonserver stopped, which outlive it otherwise) is ours: SIGKILL it.
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
+            deadline = time.monotonic() + 10  # until the group is gone (and its ports with it)
+            while time.monotonic() < deadline:
                 try:
-                    os.killpg(pgid, signal.SIGKILL)
+                    os.killpg(pgid, 0)
                 except ProcessLookupError:
-                    pass
-                self.proc.wait(10)
+                    break
+                time.sleep(0.05)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
