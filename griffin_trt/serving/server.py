@@ -166,14 +166,21 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the process that started it dies, even by SIGKILL (Linux)."""
+def _die_with_parent():
+    """A preexec_fn: the child gets SIGTERM when the thread that started it dies, even by SIGKILL (Linux).
+
+    Everything is looked up here, in the parent: after fork the child only calls prctl (no imports, no
+    locks that another thread may hold). None where prctl is not available.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return None
+    return lambda: prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def _http_ok(url: str, timeout: float = 2.0) -> bool:
@@ -186,7 +193,11 @@ def _http_ok(url: str, timeout: float = 2.0) -> bool:
 
 @dataclass
 class TritonServer:
-    """One tritonserver child process on loopback ports; use as a context manager or start()/stop()."""
+    """One tritonserver child process on loopback ports; use as a context manager or start()/stop().
+
+    The child gets SIGTERM when the thread that called start() ends: start it from a thread that lives
+    as long as the server should.
+    """
 
     model_repository: Path
     grpc_port: int | None = None
@@ -255,7 +266,7 @@ class TritonServer:
             stdin=subprocess.DEVNULL,
             env=server_env(),
             start_new_session=True,  # its own process group: stop() reaches the back-end stubs too
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=_die_with_parent(),  # so a killed `griffin-trt serve` leaves no server behind
         )
         try:
             self.wait_ready(timeout)
