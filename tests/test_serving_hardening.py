@@ -148,7 +148,9 @@ def _rss_mb(pid):
 
 
 def _port_free(port):
+    """No listener on the port (connections in TIME_WAIT do not count, as for any server's bind)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True
@@ -308,6 +310,20 @@ def test_settings_over_http(server):
     assert status == 200 and len(json.loads(text)["output_ids"]) == 4, text
     status, text = _http(server, "generate", {**body, "max_tokens": 2**31 + 8})  # wraps to a negative int32
     assert status == 400 and "max_tokens must be in [1, 32]" in text, text
+
+
+def test_server_refuses_with_the_cli_messages(server):
+    """The same values and messages as tests/test_request_rules.py::test_cli_refuses_what_the_server_refuses..."""
+    ok = [_text("hi"), _i32("max_tokens", 4)]
+    cases = {
+        "temperature must be a finite number >= 0, got inf": ok + [("temperature", np.array([[np.inf]], np.float32), "FP32")],
+        "the prompt is empty: send a non-empty prompt": [_text(" "), _i32("max_tokens", 4)],
+        f"end_id must be a token id in [0, {VOCAB}) or -1 (none), got {VOCAB}": ok + [_i32("end_id", VOCAB)],
+        "top_p must be in (0, 1], got 0.0": ok + [("top_p", np.array([[0.0]], np.float32), "FP32")],
+    }
+    for message, spec in cases.items():
+        _, error = _first_answer(server.grpc_url, spec)
+        assert error is not None and str(error).endswith(message), (message, str(error))
 
 
 # ------------------------------------------------------------------ refused and cancelled (last: stops the server)
