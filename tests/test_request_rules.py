@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from byte_bpe import MULTILINGUAL, make_byte_bpe_tokenizer
+from byte_bpe import MULTILINGUAL, make_byte_bpe_tokenizer, make_byte_fallback_tokenizer
 from griffin_trt import request_rules as rules
 from griffin_trt.detokenize import CONTEXT_TOKENS, continuation_text, decode, next_context
 from griffin_trt.runtime import SamplingParams
@@ -96,21 +96,40 @@ def _stream(tok, prompt, gen, rng):
     return chunks
 
 
-def test_streamed_chunks_concatenate_to_the_unary_text():
-    tok = make_byte_bpe_tokenizer()
-    ids = tok(MULTILINGUAL).input_ids
+TOKENIZERS = {"byte-level BPE": make_byte_bpe_tokenizer, "SentencePiece byte fallback": make_byte_fallback_tokenizer}
+TEXT = MULTILINGUAL + "\n中文 字符\n" + MULTILINGUAL
+
+
+@pytest.mark.parametrize("kind", TOKENIZERS)
+def test_streamed_chunks_concatenate_to_the_unary_text(kind):
+    tok = TOKENIZERS[kind]()
+    ids = tok(TEXT).input_ids
     rng = random.Random(0)
     split_a_character = 0
     for _ in range(300):
         cut = rng.randrange(1, len(ids))
         prompt, gen = ids[:cut], ids[cut:]
         unary = continuation_text(tok, prompt[-CONTEXT_TOKENS:], gen, last=True)
-        assert decode(tok, prompt).rstrip("\ufffd") + unary == MULTILINGUAL
         chunks = _stream(tok, prompt, gen, rng)
         assert "".join(chunks) == unary
-        assert not any("\ufffd" in c for c in chunks)  # no broken character ever reaches the client
+        assert "\ufffd" not in unary  # no broken character, at any chunk boundary or window start
         split_a_character += any(len(c) == 0 for c in chunks[:-1])
     assert split_a_character > 50  # the hold-back really happened (chunks that ended inside a character)
+
+
+@pytest.mark.parametrize("kind", TOKENIZERS)
+def test_generation_that_stops_inside_a_character(kind):
+    """max_tokens can end a request mid-character: stream and unary flush the same replacement."""
+    tok = TOKENIZERS[kind]()
+    ids = tok(TEXT).input_ids
+    for end in range(4, len(ids)):
+        prompt, gen = ids[:3], ids[3:end]
+        ctx, chunks = prompt, []
+        for t in gen:
+            chunks.append(continuation_text(tok, ctx, [t], last=False))
+            ctx = next_context(ctx, [t])
+        chunks.append(continuation_text(tok, ctx, [], last=True))
+        assert "".join(chunks) == continuation_text(tok, prompt, gen, last=True)
 
 
 def test_random_ids_stream_like_unary_including_invalid_bytes():
