@@ -69,9 +69,7 @@ def _in_use(folder: Path) -> bool:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             fcntl.flock(f, fcntl.LOCK_UN)
         return False
-    except BlockingIOError:
-        return True
-    except OSError:
+    except OSError:  # BlockingIOError: a running build holds it
         return True
 
 
@@ -155,8 +153,9 @@ def build(
 ) -> Path:
     """Build `recipe` into `out_dir` (default: the recipe's output_dir) and return the output folder.
 
-    backend overrides the recipe's; skip_engines builds the ONNX graphs only even where TensorRT is
-    present. onnx_exporter: "dynamo" (default, falls back to "torchscript") or "torchscript".
+    backend overrides the recipe's; `backend="tensorrt"` given here fails where TensorRT cannot build
+    engines (a recipe's tensorrt falls back to onnxruntime with a note); skip_engines builds the ONNX
+    graphs only even where TensorRT is present. onnx_exporter: "dynamo" (default, falls back to "torchscript") or "torchscript".
     """
     from ..recipe import BACKENDS
 

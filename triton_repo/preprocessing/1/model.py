@@ -1,8 +1,8 @@
 """Triton Python model `preprocessing`: QUERY (text) -> INPUT_ID, REQUEST_INPUT_LEN.
 
 The prompt is checked by size before it is decoded or tokenized (griffin_trt.request_rules: at most
-max_input_len x the longest token's UTF-8 length bytes), so an oversized prompt is refused in
-microseconds and the work any one request can cause here is bounded by that many bytes.
+max_input_len x the longest token's UTF-8 length bytes), so an oversized prompt is refused without
+being tokenized and the work any one request can cause here is bounded by that many bytes.
 Inputs are optional in the config: tritonserver only counts inputs, and an ensemble whose required input
 is missing answers with an empty success; a missing prompt or max_tokens is refused here instead, by name.
 """
