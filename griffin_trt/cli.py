@@ -47,6 +47,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--end-id", type=int, default=None, help="an extra stop token id (-1: none, as TensorRT-LLM)")
     p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default=None,
                    help="default: torch with --target/--drafter, else the recipe's back end if built, else torch")
     p.add_argument("--build-dir", type=Path, default=None, help="output of `griffin-trt build` (default: recipe's)")
@@ -57,17 +58,28 @@ def _add_generate(sub) -> None:
 
 
 def _generate(args) -> int:
+    from . import request_rules as rules
     from .runtime import SamplingParams, load_runtime
 
     recipe = _recipe_from_args(args)
+    # The server's rules, the server's messages; checked before any model is loaded.
+    sampling = SamplingParams(args.temperature, args.top_p, args.top_k, args.seed)
+    sampling.validate()
+    max_new = rules.check_max_tokens(args.max_new_tokens, recipe.limits.max_output_len)
     backend = args.backend
     if backend is None:
         built = (Path(args.build_dir or recipe.output_dir) / "manifest.json").is_file()
         backend = recipe.backend if (built and not args.target) else "torch"
     rt = load_runtime(recipe, build_dir=args.build_dir, backend=backend, device=args.device)
-    prompts = [rt.encode(p) for p in args.prompt]
-    sampling = SamplingParams(args.temperature, args.top_p, args.top_k, args.seed)
-    results = rt.decoder.generate(prompts, args.max_new_tokens, sampling, speculative=not args.no_speculation)
+    end_id = rules.check_end_id(args.end_id, rt.decoder.ex.spec.vocab_size)
+    per_token = rules.max_token_bytes(rt.tokenizer)
+    max_in = recipe.limits.max_input_len
+    prompts = [
+        rules.check_prompt_ids(rt.encode(rules.check_prompt_text(p, max_in, per_token)), max_in, None)
+        for p in args.prompt
+    ]
+    results = rt.decoder.generate(prompts, max_new, sampling, speculative=not args.no_speculation,
+                                  stop_ids=None if end_id is None else [end_id])
     out = []
     for r in results:
         d = r.to_dict()
@@ -108,10 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    # RecipeError and CheckpointError are ValueErrors: bad input gets one clear line, not a traceback.
+    # RecipeError, CheckpointError, RequestError and DeviceError are ValueErrors: bad input gets one clear
+    # line, not a traceback.
     except (FileNotFoundError, ValueError) as e:
         print(f"griffin-trt {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: each command has cleaned up on the way out (finally blocks)
+        print(f"griffin-trt {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

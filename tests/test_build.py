@@ -273,3 +273,80 @@ def test_cli_build_and_light_import(workspace, tmp_path):
         "sys.exit(f'heavy imports: {heavy}' if heavy else 0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_backend_tensorrt_by_name_fails_without_tensorrt(workspace, tmp_path, monkeypatch):
+    from griffin_trt.builders import tensorrt_engine
+    from griffin_trt.cli import main
+
+    monkeypatch.setattr(tensorrt_engine, "available", lambda: (False, "simulated: no GPU"))
+    recipe = write_recipe(workspace)
+    with pytest.raises(be.BuildError, match=r"--backend tensorrt needs TensorRT .*simulated: no GPU"):
+        be.build(recipe, tmp_path / "trt", progress=False, backend="tensorrt", onnx_exporter="torchscript")
+    assert not (tmp_path / "trt").exists() and not leftovers(tmp_path, "trt")
+    rc = main(["build", "--recipe", str(workspace / "recipe.toml"), "--out", str(tmp_path / "trt"), "--quiet",
+               "--backend", "tensorrt"])
+    assert rc == 1 and not (tmp_path / "trt").exists()
+
+
+def _build_cmd(workspace, out):
+    return [sys.executable, "-m", "griffin_trt.cli", "build", "--recipe", str(workspace / "recipe.toml"),
+            "--out", str(out), "--quiet", "--exporter", "torchscript"]
+
+
+def _wait_for_tmp(parent, name, proc, timeout=120):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        tmp = [p for p in parent.glob(f".{name}.building-*") if (p / be.BUILD_LOCK).is_file()]
+        if tmp:
+            return tmp[0]
+        time.sleep(0.1)
+    raise AssertionError("the build never created its temporary folder")
+
+
+def test_killed_build_leaves_a_folder_that_the_next_build_removes(workspace, tmp_path):
+    import os
+    import signal
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_build_cmd(workspace, out), cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stale = _wait_for_tmp(tmp_path, "killed", proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    assert stale.is_dir()  # SIGKILL runs no clean-up
+    busy = Path(tempfile_mkdtemp(tmp_path, ".killed.building-"))  # a running build's folder: locked
+    holder = be._hold_build_lock(busy)
+    unrelated = tmp_path / ".killed.building"  # not ours by name: left alone
+    unrelated.mkdir()
+    try:
+        be.build(write_recipe(workspace), out, progress=False, onnx_exporter="torchscript")
+        assert not stale.exists()
+        assert busy.is_dir() and unrelated.is_dir()
+        assert read_manifest(out)["name"] == "tiny" and not (out / be.BUILD_LOCK).exists()
+    finally:
+        holder.close()
+    assert be.remove_stale_builds(out) == [busy]
+
+
+def tempfile_mkdtemp(parent, prefix):
+    import tempfile
+
+    return tempfile.mkdtemp(prefix=prefix, dir=parent)
+
+
+def test_sigint_stops_a_build_cleanly(workspace, tmp_path):
+    import os
+    import signal
+
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(_build_cmd(workspace, out), cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_tmp(tmp_path, "interrupted", proc)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "griffin-trt build: interrupted" in err
+    assert not out.exists() and not leftovers(tmp_path, "interrupted")

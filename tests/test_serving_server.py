@@ -176,8 +176,8 @@ def test_bad_requests_are_refused_and_server_keeps_serving(deployment, reference
     cases = {
         "empty": [("input_ids", np.zeros((1, 0), np.int32), "INT32"), ok_len],
         "max_input_len": [("input_ids", i32([[1] * (MAX_IN + 1)]), "INT32"), ok_len],
-        "out of range [1, 32]": [("input_ids", i32([[1, 2]]), "INT32"), ("request_output_len", i32([[0]]), "INT32")],
-        "out of range [1, 32] ": [("input_ids", i32([[1, 2]]), "INT32"), ("request_output_len", i32([[MAX_OUT + 1]]), "INT32")],
+        "must be in [1, 32]": [("input_ids", i32([[1, 2]]), "INT32"), ("request_output_len", i32([[0]]), "INT32")],
+        "must be in [1, 32] ": [("input_ids", i32([[1, 2]]), "INT32"), ("request_output_len", i32([[MAX_OUT + 1]]), "INT32")],
         "data-type": [("input_ids", np.array([[1, 2]], np.int64), "INT64"), ok_len],
         "token ids": [("input_ids", i32([[1, VOCAB + 5]]), "INT32"), ok_len],
         "top_p": [("input_ids", i32([[1, 2]]), "INT32"), ok_len, ("runtime_top_p", np.array([[1.5]], np.float32), "FP32")],

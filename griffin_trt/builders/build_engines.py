@@ -22,6 +22,8 @@ from .tensorrt_engine import EngineBuildError
 
 log = logging.getLogger(__name__)
 
+BUILD_LOCK = ".griffin-build.lock"  # in a temporary build folder: flock'ed by the build that owns it
+STALE_UNLOCKED_S = 300  # a lock-less temporary folder older than this is a killed build's (or a crash's)
 TARGET_ONNX = "target.onnx"
 DRAFTER_ONNX = "drafter.onnx"
 TOKENIZER_DIR = "tokenizer"
@@ -41,6 +43,57 @@ def _check_replaceable(out: Path) -> None:
             f"refusing to replace {out}: it is not empty and holds no {MANIFEST} (not a griffin-trt build); "
             "remove it or choose another --out"
         )
+
+
+def _hold_build_lock(tmp: Path):
+    """An exclusive flock on tmp/BUILD_LOCK for as long as this build runs (the kernel drops it when the
+    process dies, SIGKILL included): it marks the folder as in use. Returns the open file (keep it)."""
+    import fcntl
+
+    f = open(tmp / BUILD_LOCK, "w")
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def _in_use(folder: Path) -> bool:
+    import fcntl
+
+    lock = folder / BUILD_LOCK
+    if not lock.is_file():  # a build a moment after mkdtemp or mid-swap (ctime: renames count), or a killed one
+        try:
+            return time.time() - folder.stat().st_ctime < STALE_UNLOCKED_S
+        except OSError:
+            return True
+    try:
+        with open(lock) as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+    except OSError:  # BlockingIOError: a running build holds it
+        return True
+
+
+def remove_stale_builds(out: Path, log_fn=None) -> list[Path]:
+    """Remove the temporary folders that killed builds of `out` left next to it: only `.<name>.building-*`
+    and `.<name>.old-*` folders (ours by name), and only when no running build holds their lock. An
+    `.old-*` folder is a previous build moved aside mid-swap: if `out` itself is missing it is put back."""
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for kind in ("building", "old"):
+        for p in sorted(out.parent.glob(f".{out.name}.{kind}-*")):
+            if not p.is_dir() or p.is_symlink() or _in_use(p):
+                continue
+            if kind == "old" and not out.exists() and (p / MANIFEST).is_file():
+                os.rename(p, out)  # a swap killed between its two renames: the previous build comes back
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+            if log_fn is not None:
+                log_fn(f"removed {p.name}, left by an interrupted build")
+    return removed
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
@@ -103,24 +156,35 @@ def build(
 ) -> Path:
     """Build `recipe` into `out_dir` (default: the recipe's output_dir) and return the output folder.
 
-    backend overrides the recipe's; skip_engines builds the ONNX graphs only even where TensorRT is
-    present. onnx_exporter: "dynamo" (default, falls back to "torchscript") or "torchscript".
-    kv_flavour: "auto" (in-place KV caches unless the host's TensorRT is older than 10.15 or the
-    TorchScript exporter is asked for), "inplace" or "copy" (builders/kv_layout.py).
+    backend overrides the recipe's; `backend="tensorrt"` given here fails where TensorRT cannot build
+    engines (a recipe's tensorrt falls back to onnxruntime with a note); skip_engines builds the ONNX
+    graphs only even where TensorRT is present. onnx_exporter: "dynamo" (default, falls back to
+    "torchscript") or "torchscript". kv_flavour: "auto" (in-place KV caches unless the host's TensorRT
+    is older than 10.15 or the TorchScript exporter is asked for), "inplace" or "copy"
+    (builders/kv_layout.py).
     """
     from ..recipe import BACKENDS
     from . import tensorrt_engine
 
     out = Path(out_dir or recipe.output_dir).expanduser().resolve()
+    explicit_backend = backend is not None
     backend = backend or recipe.backend
     if backend not in BACKENDS:
         raise BuildError(f"backend {backend!r} is not one of {list(BACKENDS)}")
     # (True, TensorRT version) or (False, why not)
     trt_ok, trt_info = (False, "--skip-engines") if skip_engines else tensorrt_engine.available()
+    if backend == "tensorrt" and explicit_backend and not skip_engines and not trt_ok:
+        # TensorRT asked for by name: an onnxruntime deployment instead would be a silent substitute.
+        raise BuildError(
+            f"--backend tensorrt needs TensorRT and a CUDA GPU, and this host cannot build engines: {trt_info}; "
+            "build with --backend onnxruntime here, or on a GPU host with TensorRT"
+        )
     flavour, flavour_note = _pick_flavour(kv_flavour, trt_info if trt_ok else None, onnx_exporter)
     _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_builds(out, log_fn=lambda m: print(m, file=sys.stderr))
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    lock = _hold_build_lock(tmp)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output should not be
@@ -219,11 +283,14 @@ def build(
                 kv_flavour=flavour,
             )
         _check_replaceable(out)  # again: something may have appeared there meanwhile
+        lock.close()
+        (tmp / BUILD_LOCK).unlink()  # not part of the build; the swap takes microseconds
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
+        lock.close()
         steps.close()
 
     # The Triton repository points at the final folder, so it is filled after the swap. Its helper

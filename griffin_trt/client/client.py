@@ -170,7 +170,19 @@ class GriffinClient:
         rid = f"griffin-{next(self._ids)}"
         self._start()
         res = RequestResult(send_s=time.perf_counter())
-        self.client.async_stream_infer(model, ins, request_id=rid, enable_empty_final_response=True)
+        try:
+            self.client.async_stream_infer(model, ins, request_id=rid, enable_empty_final_response=True)
+        except Exception as e:  # noqa: BLE001 - the stream broke (server gone): say why, in one line
+            try:
+                _, error = self._q.get_nowait()  # the stream's own error says more than tritonclient's
+            except queue.Empty:
+                error = e
+            self.client.stop_stream()
+            self._streaming = False
+            res.ok, res.error, res.done_s = False, " ".join(str(error).split()), time.perf_counter()
+            if raise_on_error:
+                raise ClientError(res.error) from None
+            return res
         deadline = time.monotonic() + self.timeout_s
         texts: list[str] = []
         while True:
@@ -241,6 +253,15 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run_client(args: argparse.Namespace) -> int:
+    try:
+        return _run_client(args)
+    except Exception as e:  # noqa: BLE001 - tritonclient raises its own kinds for a server that is not there
+        print(f"griffin-trt client: error: cannot talk to the server at {args.url}: {' '.join(str(e).split())}",
+              file=sys.stderr)
+        return 1
+
+
+def _run_client(args: argparse.Namespace) -> int:
     with GriffinClient(args.url, model=args.model) as c:
         res = c.generate(
             args.prompt, max_tokens=args.max_tokens, stream=not args.unary, speculative=not args.plain,
@@ -249,7 +270,7 @@ def run_client(args: argparse.Namespace) -> int:
         )
         print()
         if not res.ok:
-            print(f"error: {res.error}", file=sys.stderr)
+            print(f"griffin-trt client: error: {res.error}", file=sys.stderr)
             return 1
     ttft = f"{res.ttft_s * 1e3:.1f} ms" if res.ttft_s is not None else "-"
     tpot = f"{res.tpot_s * 1e3:.1f} ms" if res.tpot_s is not None else "-"

@@ -28,11 +28,18 @@ def read_config(folder: Path) -> dict:
 
 
 def _load_file(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """One weight file; a truncated or corrupt file is a CheckpointError naming it, not a traceback."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    return torch.load(str(path), map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - safetensors, pickle and zip readers raise many kinds here
+        detail = " ".join(str(e).split())[:200] or type(e).__name__
+        raise CheckpointError(
+            f"{path}: cannot read the weights ({type(e).__name__}: {detail}); the file is truncated or corrupt"
+        ) from e
 
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:

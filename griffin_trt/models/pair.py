@@ -53,11 +53,15 @@ def load_tokenizer(folder: str | Path):
     return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 
+class DeviceError(ValueError):
+    """The device asked for does not exist on this host."""
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("the recipe asks for device 'cuda' but torch sees no CUDA GPU")
+        raise DeviceError("device 'cuda' was asked for, but torch sees no CUDA GPU on this host (use --device cpu)")
     return torch.device(device)
 
 

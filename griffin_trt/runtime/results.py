@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..request_rules import check_seed, check_temperature, check_top_k, check_top_p
+
 
 @dataclass
 class SamplingParams:
@@ -12,12 +14,11 @@ class SamplingParams:
     seed: int | None = None
 
     def validate(self) -> None:
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        """The shared request rules (griffin_trt.request_rules): the server refuses the same values."""
+        check_temperature(self.temperature)
+        check_top_p(self.top_p)
+        check_top_k(self.top_k)
+        check_seed(self.seed)
 
 
 @dataclass

@@ -32,6 +32,11 @@ from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "build" / "demo.toml"
+# How long tritonserver waits for in-flight requests when asked to stop (its own default is 30 s). A
+# streamed request that tritonserver 2.51 refuses and the client then cancels is never released and
+# keeps its model "live", so every shutdown waits this long after one: keep it short (README, "Bad input").
+EXIT_TIMEOUT_S = 10
+PR_SET_PDEATHSIG = 1
 
 
 class ServerError(RuntimeError):
@@ -161,6 +166,23 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def _die_with_parent():
+    """A preexec_fn: the child gets SIGTERM when the thread that started it dies, even by SIGKILL (Linux).
+
+    Everything is looked up here, in the parent: after fork the child only calls prctl (no imports, no
+    locks that another thread may hold). None where prctl is not available.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
 def _http_ok(url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
@@ -171,7 +193,11 @@ def _http_ok(url: str, timeout: float = 2.0) -> bool:
 
 @dataclass
 class TritonServer:
-    """One tritonserver child process on loopback ports; use as a context manager or start()/stop()."""
+    """One tritonserver child process on loopback ports; use as a context manager or start()/stop().
+
+    The child gets SIGTERM when the thread that called start() ends: start it from a thread that lives
+    as long as the server should.
+    """
 
     model_repository: Path
     grpc_port: int | None = None
@@ -180,6 +206,7 @@ class TritonServer:
     tritonserver: str | None = None
     log_path: Path | None = None
     log_verbose: int = 0
+    exit_timeout_s: int = EXIT_TIMEOUT_S
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     _workdir: tempfile.TemporaryDirectory | None = None
@@ -212,6 +239,7 @@ class TritonServer:
             "--metrics-address", LOOPBACK, "--metrics-port", str(self.metrics_port),
             "--allow-metrics", "true", "--allow-gpu-metrics", "false",
             "--strict-readiness", "true", "--exit-on-error", "true",
+            "--exit-timeout-secs", str(int(self.exit_timeout_s)),
             "--log-verbose", str(self.log_verbose),
             *self.extra_args,
         ]
@@ -238,6 +266,7 @@ class TritonServer:
             stdin=subprocess.DEVNULL,
             env=server_env(),
             start_new_session=True,  # its own process group: stop() reaches the back-end stubs too
+            preexec_fn=_die_with_parent(),  # so a killed `griffin-trt serve` leaves no server behind
         )
         try:
             self.wait_ready(timeout)
@@ -270,8 +299,10 @@ class TritonServer:
     def is_alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM the server's own process group (by its pid), SIGKILL after `timeout`."""
+    def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM the server's own process group (by its pid), SIGKILL after `timeout`
+        (default: tritonserver's exit timeout + 15 s)."""
+        timeout = self.exit_timeout_s + 15.0 if timeout is None else timeout
         if self.proc is not None and self.proc.poll() is None:
             pgid = self.proc.pid  # start_new_session: the group id is the child's pid
             try:
@@ -281,11 +312,21 @@ class TritonServer:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                pass
+            # Whatever is left in the group (tritonserver past its timeout; back-end stubs still loading a
+            # model when tritonserver stopped, which outlive it otherwise) is ours: SIGKILL it.
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
+            deadline = time.monotonic() + 10  # until the group is gone (and its ports with it)
+            while time.monotonic() < deadline:
                 try:
-                    os.killpg(pgid, signal.SIGKILL)
+                    os.killpg(pgid, 0)
                 except ProcessLookupError:
-                    pass
-                self.proc.wait(10)
+                    break
+                time.sleep(0.05)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -320,6 +361,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--tritonserver", default=None, help="tritonserver binary (default: pytriton's, then PATH)")
     p.add_argument("--log-verbose", type=int, default=0)
+    p.add_argument("--exit-timeout", type=int, default=EXIT_TIMEOUT_S,
+                   help=f"seconds tritonserver waits for in-flight requests when stopping (default {EXIT_TIMEOUT_S})")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
     p.set_defaults(func=run_serve, handler=run_serve)
     return p
@@ -357,33 +400,42 @@ def run_serve(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         tritonserver=args.tritonserver,
         log_verbose=args.log_verbose,
+        exit_timeout_s=args.exit_timeout,
     )
     print(f"starting tritonserver on {repo} ...", flush=True)
+
+    def _terminate(*_):  # SIGTERM stops like Ctrl-C, during the 5-15 s start as well as while serving
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    ready = False
+    code = None
     try:
-        server.start(timeout=args.timeout)
+        server.start(timeout=args.timeout)  # stops the child itself if interrupted before ready
+        ready = True
+        print(
+            f"ready: gRPC {server.grpc_url}  HTTP {server.http_url}  metrics {server.metrics_url}  "
+            f"(pid {server.pid}, log {server.log_path}); Ctrl-C stops",
+            flush=True,
+        )
+        while server.is_alive():
+            time.sleep(0.5)
+        code = server.proc.returncode
     except ServerError as e:
         print(f"griffin-trt serve: error: {e}", file=sys.stderr)
         return 1
-    print(
-        f"ready: gRPC {server.grpc_url}  HTTP {server.http_url}  metrics {server.metrics_url}  "
-        f"(pid {server.pid}, log {server.log_path}); Ctrl-C stops",
-        flush=True,
-    )
-    stop = {"flag": False}
-
-    def _sig(*_):
-        stop["flag"] = True
-
-    signal.signal(signal.SIGTERM, _sig)
-    try:
-        while not stop["flag"] and server.is_alive():
-            time.sleep(0.5)
     except KeyboardInterrupt:
-        pass
+        print("stopping tritonserver ...", file=sys.stderr, flush=True)
     finally:
-        code = server.proc.poll()
-        server.stop()
+        # A second Ctrl-C / SIGTERM must not cut the stop short (it ends in SIGKILL after the exit timeout).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            server.stop()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, previous)
     if code not in (None, 0):
         print(f"tritonserver exited with code {code}; log tail:\n{server.log_tail()}", file=sys.stderr)
         return 1
-    return 0
+    return 0 if ready else 130

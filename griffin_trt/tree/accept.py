@@ -18,8 +18,15 @@ from .structure import DraftTree
 
 
 def process_logits(logits: torch.Tensor, temperature: float, top_p: float = 1.0, top_k: int = 0) -> torch.Tensor:
-    """Target probabilities after temperature, then top-k, then top-p (float32, last axis)."""
-    x = logits.float() / temperature
+    """Target probabilities after temperature, then top-k, then top-p (float32, last axis).
+
+    The row maximum is subtracted before dividing by the temperature, so any finite T > 0 is sound:
+    the best logit maps to 0 (never 0/0 or inf/inf), the others to finite or -inf values, and a T
+    so small that it underflows float32 samples among the tied best tokens, as greedy would pick them.
+    """
+    x = logits.float()
+    x = x - x.amax(-1, keepdim=True)
+    x = torch.where(x == 0, x, x / temperature)
     if top_k and top_k < x.shape[-1]:
         kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
         x = x.masked_fill(x < kth, float("-inf"))

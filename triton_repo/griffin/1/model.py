@@ -72,10 +72,12 @@ class TritonPythonModel:
         have = f"{sys.version_info.major}.{sys.version_info.minor}"
         if want and want != have:
             raise RuntimeError(f"repository was filled for Python {want}, the back-end stub runs Python {have}")
+        from griffin_trt import detokenize, request_rules  # issue 11: shared request rules, stream context
         from griffin_trt.recipe import recipe_from_dict
         from griffin_trt.runtime import SamplingParams, load_runtime
 
         self.SamplingParams = SamplingParams
+        self.rules, self.detok = request_rules, detokenize  # issue 11
         model_dir = args["model_repository"]
         with open(os.path.join(model_dir, "recipe.json")) as f:
             recipe = recipe_from_dict(json.load(f), base=Path(model_dir))
@@ -87,13 +89,7 @@ class TritonPythonModel:
         self.max_batch = max(1, min(int(cfg.get("max_batch_size") or 1), recipe.limits.max_batch))
         self.max_input_len = recipe.limits.max_input_len
         self.max_output_len = recipe.limits.max_output_len
-        self.vocab = None
-        tok = getattr(self.runtime, "tokenizer", None)
-        if tok is not None:
-            try:
-                self.vocab = len(tok)
-            except TypeError:
-                self.vocab = None
+        self.vocab = int(self.runtime.decoder.ex.spec.vocab_size)  # issue 11: the model's ids, not the tokenizer's
         self._init_metrics(args)
         self._lock = threading.Lock()
 
@@ -184,35 +180,22 @@ class TritonPythonModel:
         length = _scalar(request, "input_lengths", ids.shape[1], int)
         if not 0 <= length <= ids.shape[1]:
             raise BadRequest(f"input_lengths = {length} but input_ids holds {ids.shape[1]} tokens")
-        prompt = [int(t) for t in ids[0, :length]]
-        if not prompt:
-            raise BadRequest("the prompt is empty: send at least one input token")
-        if len(prompt) > self.max_input_len:
-            raise BadRequest(f"prompt is {len(prompt)} tokens, longer than max_input_len = {self.max_input_len}")
-        if self.vocab is not None and (min(prompt) < 0 or max(prompt) >= self.vocab):
-            raise BadRequest(f"input_ids must be token ids in [0, {self.vocab})")
+        # issue 11: every value goes through griffin_trt.request_rules, as in `griffin-trt generate`
+        rules = self.rules
+        prompt = rules.check_prompt_ids(ids[0, :length], self.max_input_len, self.vocab)
         j = _Job()
         j.request, j.sender, j.prompt = request, sender, prompt
-        j.max_tokens = _scalar(request, "request_output_len", None, int)
-        if j.max_tokens is None:
-            raise BadRequest("request_output_len (max_tokens) is required")
-        if not 1 <= j.max_tokens <= self.max_output_len:
-            raise BadRequest(f"max_tokens = {j.max_tokens} is out of range [1, {self.max_output_len}]")
-        j.temperature = _scalar(request, "temperature", 0.0, float)
-        j.top_p = _scalar(request, "runtime_top_p", 1.0, float)
-        j.top_k = _scalar(request, "runtime_top_k", 0, int)
-        j.seed = _scalar(request, "random_seed", None, int)
-        j.end_id = _scalar(request, "end_id", None, int)
+        j.max_tokens = rules.check_max_tokens(_scalar(request, "request_output_len", None, int), self.max_output_len)
+        j.temperature = rules.check_temperature(_scalar(request, "temperature", 0.0, float))
+        j.top_p = rules.check_top_p(_scalar(request, "runtime_top_p", 1.0, float))
+        j.top_k = rules.check_top_k(_scalar(request, "runtime_top_k", 0, int))
+        j.seed = rules.check_seed(_scalar(request, "random_seed", None, int))
+        j.end_id = rules.check_end_id(_scalar(request, "end_id", None, int), self.vocab)
         j.stream = _scalar(request, "streaming", False, bool)
         j.speculative = _scalar(request, "speculative", True, bool)
-        if not (j.temperature >= 0.0 and np.isfinite(j.temperature)):
-            raise BadRequest(f"temperature = {j.temperature} must be a finite number >= 0")
-        if not 0.0 < j.top_p <= 1.0:
-            raise BadRequest(f"top_p = {j.top_p} must be in (0, 1]")
-        if j.top_k < 0:
-            raise BadRequest(f"top_k = {j.top_k} must be >= 0 (0: off)")
         j.arrival_ns, j.first_ns, j.last_ns = arrival_ns, None, None
-        j.sent, j.ctx, j.alive = 0, prompt[-1], True
+        j.sent, j.alive = 0, True
+        j.ctx = prompt[-self.detok.CONTEXT_TOKENS:]  # issue 11: ids before the next chunk, for postprocessing
         return j
 
     def _send(self, job, response, flags=0):
@@ -229,7 +212,10 @@ class TritonPythonModel:
         t = [
             pb_utils.Tensor("output_ids", ids),
             pb_utils.Tensor("sequence_length", np.array([[ids.shape[1]]], np.int32)),
-            pb_utils.Tensor("context_token", np.array([[job.ctx]], np.int32)),
+            # issue 11: postprocessing decodes context_ids + output_ids minus context_ids and holds back an
+            # unfinished character unless is_final (the last response of the request)
+            pb_utils.Tensor("context_ids", np.asarray(job.ctx, np.int32).reshape(1, -1)),
+            pb_utils.Tensor("is_final", np.array([[res is not None]], np.bool_)),
         ]
         if res is None:  # an intermediate streamed chunk: stats are zero until the last response
             acc_len = acc_rate = 0.0
@@ -276,7 +262,7 @@ class TritonPythonModel:
                 new_ids = [int(t) for t in new_ids]
                 self._send(job, pb_utils.InferenceResponse(output_tensors=self._tensors(job, new_ids)))
                 job.sent += len(new_ids)
-                job.ctx = new_ids[-1]
+                job.ctx = self.detok.next_context(job.ctx, new_ids)  # issue 11
 
         first = jobs[0]
         sampling = self.SamplingParams(temperature=first.temperature, top_p=first.top_p, top_k=first.top_k, seed=first.seed)
@@ -321,7 +307,7 @@ class TritonPythonModel:
             sender = request.get_response_sender()
             try:
                 job = self._parse(request, sender, arrival)
-            except BadRequest as e:
+            except ValueError as e:  # BadRequest, request_rules.RequestError (issue 11)
                 self._error(sender, str(e))
                 self._count(None, None, "rejected")
                 continue

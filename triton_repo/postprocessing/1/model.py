@@ -1,7 +1,9 @@
-"""Triton Python model `postprocessing`: TOKENS_BATCH (+ CONTEXT_TOKEN) -> OUTPUT text.
+"""Triton Python model `postprocessing`: TOKENS_BATCH (+ CONTEXT_IDS, IS_FINAL) -> OUTPUT text.
 
-Streamed chunks are decoded after the token before them and that token's text is cut off again, so
-tokenizers that drop a chunk's leading space (SentencePiece) still concatenate to the full text.
+Stateless per response: each chunk's text is what its ids add after the ids sent before them, with an
+unfinished UTF-8 character held back until the chunk that completes it (griffin_trt.detokenize), so
+streamed chunks concatenate to exactly the unary text. Without CONTEXT_IDS / IS_FINAL (a client calling
+this model directly) the ids are decoded on their own, as one complete text.
 """
 import json
 import os
@@ -22,6 +24,13 @@ def _extend_sys_path(value):
             sys.path.insert(0, p)
 
 
+def _rows(t):
+    if t is None:
+        return None
+    a = t.as_numpy()
+    return a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(1, -1)
+
+
 class TritonPythonModel:
     def initialize(self, args):
         params = _params(args)
@@ -30,28 +39,23 @@ class TritonPythonModel:
             raise RuntimeError(f"numpy {np.__version__} in the serving environment: pb_utils.Tensor outputs come back empty with numpy 2; install numpy<2")
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(params["tokenizer_dir"])
+        from griffin_trt.detokenize import continuation_text
 
-    def _decode(self, ids, ctx):
-        if not ids:
-            return ""
-        if ctx is None or ctx < 0:
-            return self.tokenizer.decode(ids, skip_special_tokens=True)
-        prefix = self.tokenizer.decode([ctx], skip_special_tokens=True)
-        full = self.tokenizer.decode([ctx] + ids, skip_special_tokens=True)
-        if full.startswith(prefix):
-            return full[len(prefix):]
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        self.continuation_text = continuation_text
+        self.tokenizer = AutoTokenizer.from_pretrained(params["tokenizer_dir"])
 
     def execute(self, requests):
         out = []
         for r in requests:
-            toks = pb_utils.get_input_tensor_by_name(r, "TOKENS_BATCH").as_numpy()
-            ctx_t = pb_utils.get_input_tensor_by_name(r, "CONTEXT_TOKEN")
-            ctx = int(ctx_t.as_numpy().reshape(-1)[0]) if ctx_t is not None and ctx_t.as_numpy().size else None
+            toks = _rows(pb_utils.get_input_tensor_by_name(r, "TOKENS_BATCH"))
+            ctx = _rows(pb_utils.get_input_tensor_by_name(r, "CONTEXT_IDS"))
+            final = _rows(pb_utils.get_input_tensor_by_name(r, "IS_FINAL"))
             texts = []
-            for row in toks.reshape(toks.shape[0], -1) if toks.ndim > 1 else toks.reshape(1, -1):
-                texts.append(self._decode([int(t) for t in row], ctx).encode("utf-8"))
+            for i, row in enumerate(toks):
+                context = [int(t) for t in ctx[min(i, len(ctx) - 1)]] if ctx is not None else []
+                last = bool(final[min(i, len(final) - 1)][0]) if final is not None else True
+                text = self.continuation_text(self.tokenizer, context, [int(t) for t in row], last)
+                texts.append(text.encode("utf-8"))
             arr = np.array(texts, dtype=np.object_).reshape(-1, 1)
             out.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT", arr)]))
         return out
