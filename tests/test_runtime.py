@@ -125,17 +125,21 @@ def test_streaming_callback_sees_every_token_in_order(pair):
 def test_bad_requests_are_refused(pair):
     dec = make_decoder(*pair)
     for prompts, n, msg in [
-        ([[]], 4, "prompt 0 is empty"),
+        ([[]], 4, "prompt 0: the prompt is empty"),
         ([[1] * 65], 4, "max_input_len is 64"),
-        ([[1]], 0, "max_new_tokens must be in"),
-        ([[1]], 65, "max_new_tokens must be in"),
-        ([[1]] * 5, 4, "exceed max_batch"),
-        ([[96]], 4, "outside"),
+        ([[1]], 0, r"max_new_tokens = 0 is out of range \[1, 64\]"),
+        ([[1]], 65, "max_new_tokens = 65 is out of range"),
+        ([[1], [96]], 4, "prompt 1: the prompt has token ids outside"),
     ]:
         with pytest.raises(ValueError, match=msg):
             dec.generate(prompts, n)
     with pytest.raises(ValueError, match="temperature"):
         dec.generate([[1]], 4, SamplingParams(temperature=-1))
+    with pytest.raises(ValueError, match=r"stop/end id\(s\) \[96\]"):
+        dec.generate([[1]], 4, stop_ids=[96])
+    with pytest.raises(ValueError, match="need a tokenizer"):
+        dec.generate([[1]], 4, stop_strings=["x"])
+    assert not dec.scheduler.has_work()  # nothing refused was queued
 
 
 @pytest.mark.gpu
@@ -150,7 +154,7 @@ def test_cuda_loop_with_triton_tree_kernels_is_exact(pair):
     ex = TorchExecutor.from_paths(*pair, top_k=tree.top_k, target_kv_len=cpu.ex.spec.target_kv_len,
                                   drafter_kv_len=cpu.ex.spec.drafter_kv_len, max_batch=4, device="cuda")
     gpu = SpeculativeDecoder(ex, tree, lim)
-    assert gpu.expand.__name__ == "expand_frontier_triton"
+    assert gpu.scheduler.runner.expand.__name__ == "expand_frontier_triton"
     prompts = random_prompts(8, 96, seed=9)
     for i in range(0, 8, 4):
         a = cpu.generate(prompts[i : i + 4], NEW)

@@ -35,6 +35,7 @@ class GenerationResult:
     draft_tokens: int = 0
     accepted_per_step: list[int] = field(default_factory=list)  # tokens emitted per decode step
     accepted_per_position: list[int] = field(default_factory=list)  # steps whose draft depth d was accepted
+    tree_tokens_per_step: list[int] = field(default_factory=list)  # tree budget per decode step (1: plain)
     draft_time_s: float = 0.0
     verify_time_s: float = 0.0
     prefill_time_s: float = 0.0
