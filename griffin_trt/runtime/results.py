@@ -40,6 +40,7 @@ class GenerationResult:
     verify_time_s: float = 0.0
     prefill_time_s: float = 0.0
     arrival_time_ns: int = 0
+    scheduled_time_ns: int = 0  # when the request got a cache row (its prefill started)
     first_token_time_ns: int = 0
     last_token_time_ns: int = 0
 

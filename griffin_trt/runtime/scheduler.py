@@ -214,7 +214,9 @@ class Scheduler:
             self._select(lo, hi)
         else:
             self.ex.reset(len(take))
+        now = time.time_ns()
         for i, req in enumerate(take):
+            req.result.scheduled_time_ns = now
             noise = None
             sp = req.sampling
             if sp.temperature > 0:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 MODELS = ("preprocessing", "griffin", "postprocessing", "ensemble")
-QUEUE_DELAY_US = 2000  # dynamic batching: how long the griffin model waits to group requests
+REQUIRED_INPUTS = ("text_input", "max_tokens")  # every other TensorRT-LLM input is optional
 
 
 class RepositoryError(ValueError):
@@ -42,6 +42,9 @@ def recipe_as_toml_dict(recipe) -> dict[str, Any]:
     tree: dict[str, Any] = {"top_k": recipe.tree.top_k, "depth": recipe.tree.depth, "total_tokens": recipe.tree.total_tokens}
     if recipe.tree.choices:
         tree["choices"] = [list(c) for c in recipe.tree.choices]
+    budgets = []
+    for b in recipe.schedule.budgets:
+        budgets.append({"batch": b.batch, "total_tokens": b.total_tokens, **({"depth": b.depth} if b.depth else {})})
     return {
         "name": recipe.name,
         "model": {
@@ -62,6 +65,7 @@ def recipe_as_toml_dict(recipe) -> dict[str, Any]:
             "output_dir": str(Path(recipe.output_dir).resolve()),
             "fp8": recipe.fp8,
         },
+        "schedule": {"budgets": budgets},
     }
 
 
@@ -95,7 +99,6 @@ def fill_values(recipe, out_dir: Path, manifest: dict | None = None) -> dict[str
         "max_batch": recipe.limits.max_batch,
         "max_input_len": recipe.limits.max_input_len,
         "max_output_len": recipe.limits.max_output_len,
-        "queue_delay_us": QUEUE_DELAY_US,
         "build_dir": out_dir,
         "manifest": out_dir / "manifest.json" if (out_dir / "manifest.json").is_file() else "",
         "backend": manifest.get("backend", recipe.backend),
@@ -107,11 +110,41 @@ def fill_values(recipe, out_dir: Path, manifest: dict | None = None) -> dict[str
         "dynamic_tree_max_topK": tree.top_k,
         "max_total_draft_tokens": tree.tree_size - 1,
         "max_draft_len": tree.max_accept - 1,
+        "tree_schedule": tree_schedule_text(recipe),
         "python_path": os.pathsep.join(python_path_entries()),
         "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
         "python_executable": sys.executable,
     }
-    return {k: _pbtxt_str(v) for k, v in values.items()}
+    filled = {k: _pbtxt_str(v) for k, v in values.items()}
+    filled.update(trtllm_blocks())  # generated config text, not string values
+    return filled
+
+
+def tree_schedule_text(recipe) -> str:
+    """The tree budget by active rows, e.g. "1+: 60 tokens depth 5; 4+: plain"."""
+    t = recipe.tree
+    parts = [f"1+: {t.tree_size} tokens" + ("" if t.choices else f" depth {t.depth}")]
+    for b in recipe.schedule.budgets:
+        parts.append(f"{b.batch}+: " + ("plain" if b.total_tokens == 1 else f"{b.total_tokens} tokens"
+                                         + (f" depth {b.depth}" if b.depth else "")))
+    return "; ".join(parts)
+
+
+def trtllm_blocks() -> dict[str, str]:
+    """Input declarations and ensemble mappings for every TensorRT-LLM ensemble input (one table)."""
+    from .trtllm_inputs import INPUTS
+
+    def decl(name, i):
+        opt = "" if i.name in REQUIRED_INPUTS else " optional: true"
+        return f'  {{ name: "{name}" data_type: {i.dtype} dims: {i.dims}{opt} }},'
+
+    return {
+        "trtllm_ensemble_inputs": "\n".join(decl(i.name, i) for i in INPUTS),
+        "trtllm_griffin_inputs": "\n".join(decl(i.griffin, i) for i in INPUTS if i.griffin),
+        "trtllm_ensemble_map": "\n".join(
+            f'      input_map {{ key: "{i.griffin}" value: "{i.name}" }}' for i in INPUTS if i.griffin
+        ),
+    }
 
 
 def _fill_tree(src: Path, dst: Path, values: dict[str, str]) -> None:
