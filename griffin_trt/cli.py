@@ -46,6 +46,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop once the text contains this (repeatable)")
     p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default=None,
                    help="default: torch with --target/--drafter, else the recipe's back end if built, else torch")
     p.add_argument("--build-dir", type=Path, default=None, help="output of `griffin-trt build` (default: recipe's)")
@@ -66,7 +67,8 @@ def _generate(args) -> int:
     rt = load_runtime(recipe, build_dir=args.build_dir, backend=backend, device=args.device)
     prompts = [rt.encode(p) for p in args.prompt]
     sampling = SamplingParams(args.temperature, args.top_p, args.top_k, args.seed)
-    results = rt.decoder.generate(prompts, args.max_new_tokens, sampling, speculative=not args.no_speculation)
+    results = rt.decoder.generate(prompts, args.max_new_tokens, sampling, speculative=not args.no_speculation,
+                                  stop_strings=args.stop)
     out = []
     for r in results:
         d = r.to_dict()

@@ -100,13 +100,13 @@ class Scheduler:
         self.tree, self.limits, self.schedule = tree, limits, schedule
         self.eos_ids = frozenset(int(e) for e in eos_ids)
         self.detokenize = detokenize
-        self.max_batch = spec.max_batch
+        self.max_batch = min(spec.max_batch, limits.max_batch)  # rows in use; the executor may hold more
         self.vocab = spec.vocab_size
         self.dev = spec.device
-        self.state = SlotState(spec.max_batch, spec.top_k, spec.hidden_size, spec.feature_dtype, spec.device)
+        self.state = SlotState(self.max_batch, spec.top_k, spec.hidden_size, spec.feature_dtype, spec.device)
         self.runner = StepRunner(executor, tree, self.state)
-        self.buckets = batch_buckets(spec.max_batch)
-        self.slots: list[_Row | None] = [None] * spec.max_batch
+        self.buckets = batch_buckets(self.max_batch)
+        self.slots: list[_Row | None] = [None] * self.max_batch
         self.n = 0  # rows in use: [0, n) (static batching: the group, holes included)
         self.waiting: deque[Request] = deque()
         self._inbox: deque[Request] = deque()
