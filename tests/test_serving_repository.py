@@ -89,7 +89,8 @@ def test_unknown_placeholder_is_refused(tmp_path):
 def test_demo_recipe_fills(tmp_path):
     r = load_recipe(REPO / "build" / "demo.toml", check_paths=False)
     out = fill_repository(r, tmp_path)
-    assert "max_batch_size: 4" in (out / "ensemble" / "config.pbtxt").read_text()
+    assert f"max_batch_size: {r.limits.max_batch}" in (out / "ensemble" / "config.pbtxt").read_text()
+    assert r.schedule.budgets  # the demo adapts speculation to load
 
 
 def test_ensemble_declares_every_tensorrt_llm_input(tmp_path):

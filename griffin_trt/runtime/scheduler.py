@@ -224,20 +224,24 @@ class Scheduler:
                 noise = PositionNoise(seed, self.vocab, self.dev)
             self.slots[lo + i] = _Row(req, noise, self.eos_ids | req.stop_ids)
         self.n = hi
-        first, t_target, t_draft = self.runner.prefill(
-            lo, [r.prompt for r in take], self._scorer(lo), draft=any(r.speculative for r in take)
-        )
-        for i, tok in enumerate(first):
-            row = self.slots[lo + i]
-            r = row.req.result
-            r.prefill_time_s = t_target
-            r.draft_time_s += t_draft if row.req.speculative else 0.0
-            self._emit(row, [tok])
+        t0 = time.perf_counter()
+        first, prefilled = self.runner.prefill(lo, [r.prompt for r in take], self._scorer(lo))
+        rows = self.slots[lo:hi]
+        t_target = time.perf_counter() - t0  # (`tolist` in prefill waited for the device)
+        for row, tok in zip(rows, first):
+            row.req.result.prefill_time_s = t_target
+            self._emit(row, [tok])  # streamed before the drafter runs: time to first token
+        if any(r.req.speculative for r in rows):
+            t1 = time.perf_counter()
+            self.runner.prefill_drafter(prefilled)
+            for row in rows:
+                if row.req.speculative:
+                    row.req.result.draft_time_s += time.perf_counter() - t1
         return len(take)
 
     def _decode(self, admitted: int) -> StepInfo:
         t0 = time.perf_counter()
-        rows = [r for r in self.slots[: self.n]]
+        rows = list(self.slots[: self.n])
         active = sum(r is not None for r in rows)
         if self.packed:
             B = next(b for b in self.buckets if b >= self.n)

@@ -53,6 +53,16 @@ class SlotState:
 
 
 @dataclass
+class _Prefilled:
+    lo: int
+    tokens: torch.Tensor
+    pos: torch.Tensor
+    lens: torch.Tensor
+    hidden: torch.Tensor
+    first: torch.Tensor
+
+
+@dataclass
 class StepOutput:
     tokens: list[list[int]]  # per row: the tokens this step emits (accepted drafts + bonus)
     drafted: int  # draft nodes verified per speculative row (tree size - 1)
@@ -88,12 +98,12 @@ class StepRunner:
         return (cols[None, None, :] < ctx[:, None, None]).expand(ctx.shape[0], t, cols.shape[0]).clone()
 
     # ------------------------------------------------------------------ prefill
-    def prefill(self, lo: int, prompts: list[list[int]], score: Scorer, draft: bool) -> tuple[list[int], float, float]:
-        """Prefill rows [lo, lo + len(prompts)) (already selected on the executor).
+    def prefill(self, lo: int, prompts: list[list[int]], score: Scorer) -> tuple[list[int], "_Prefilled"]:
+        """Target prefill of rows [lo, lo + len(prompts)) (already selected on the executor).
 
-        Returns each row's first token and the target / drafter seconds.
+        Returns each row's first token (to stream before the drafter runs) and what `prefill_drafter`
+        needs.
         """
-        t0 = time.perf_counter()
         B = len(prompts)
         rows = torch.arange(B, device=self.dev)
         lens = torch.tensor([len(p) for p in prompts], device=self.dev)
@@ -102,30 +112,33 @@ class StepRunner:
         for b, p in enumerate(prompts):
             tokens[b, : len(p)] = torch.tensor(p, device=self.dev)
         pos = torch.arange(P, device=self.dev).expand(B, P)
-
-        def causal(cols):
-            c = cols[None, None, :]
-            return (c <= pos[:, :, None]) & (c < lens[:, None, None])
-
-        logits, hidden = self.ex.target_step(tokens, pos, pos, causal(self._cols_t))
+        logits, hidden = self.ex.target_step(tokens, pos, pos, self._causal(pos, lens, self._cols_t))
         last = lens - 1
         first = score(logits[rows, last][:, None, :], torch.zeros(B, 1, dtype=torch.long, device=self.dev))
         first = first[:, 0].argmax(-1)
         s = self.state
-        hi = lo + B
-        s.ctx[lo:hi] = lens
-        s.root[lo:hi] = first
+        s.ctx[lo : lo + B] = lens
+        s.root[lo : lo + B] = first
+        return first.tolist(), _Prefilled(lo, tokens, pos, lens, hidden, first)
+
+    def prefill_drafter(self, p: "_Prefilled") -> None:
+        """Drafter prefill (rows selected as for `prefill`): feature h_t with token x_(t+1); the last
+        pair uses the new first token."""
+        B, P = p.tokens.shape
+        rows = torch.arange(B, device=self.dev)
+        last = p.lens - 1
+        dtok = torch.zeros_like(p.tokens)
+        dtok[:, : P - 1] = p.tokens[:, 1:]
+        dtok[rows, last] = p.first
+        mask = self._causal(p.pos, p.lens, self._cols_d)
+        vals, ids, reg = self.ex.draft_step(p.hidden.to(self.feature_dtype), dtok, p.pos, p.pos, mask)
+        self._set_root(p.lo, vals, ids, reg, last)
         self._sync()
-        t1 = time.perf_counter()
-        if draft:
-            # Drafter prefill: feature h_t with token x_(t+1); the last pair uses the new first token.
-            dtok = torch.zeros_like(tokens)
-            dtok[:, : P - 1] = tokens[:, 1:]
-            dtok[rows, last] = first
-            vals, ids, reg = self.ex.draft_step(hidden.to(self.feature_dtype), dtok, pos, pos, causal(self._cols_d))
-            self._set_root(lo, vals, ids, reg, last)
-            self._sync()
-        return first.tolist(), t1 - t0, time.perf_counter() - t1
+
+    @staticmethod
+    def _causal(pos: torch.Tensor, lens: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        c = cols[None, None, :]
+        return (c <= pos[:, :, None]) & (c < lens[:, None, None])
 
     def _set_root(self, lo: int, vals, ids, reg, at: torch.Tensor) -> None:
         rows = torch.arange(vals.shape[0], device=self.dev)
