@@ -118,6 +118,10 @@ class Scheduler:
             self.packed = True
         except NotImplementedError:
             self.packed = False
+        # Newcomers prefilled per target call. A CPU is compute-bound: prefilling prompts one after
+        # another costs what prefilling them together does, and streams each first token sooner.
+        # A GPU prefills a few prompts in about the time of one.
+        self.prefill_rows = self.max_batch if spec.device.type == "cuda" else 1
         self.on_step: Callable[[StepInfo], None] | None = None
         self.steps = 0
 
@@ -175,13 +179,10 @@ class Scheduler:
     # ------------------------------------------------------------------ the loop
     def step(self) -> StepInfo | None:
         """Admit, decode one step over every active row, retire. Returns the decode step's info."""
-        with self._cv:
-            self.waiting.extend(self._inbox)
-            self._inbox.clear()
         try:
             with torch.inference_mode():
                 self._retire_if(lambda row: row.req.cancelled, "cancelled")
-                admitted = self._admit()
+                admitted = self._admit_arrivals()
                 self._retire_if(lambda row: row.done)
                 info = self._decode(admitted) if self.active else None
                 self._retire_if(lambda row: row.done)
@@ -191,6 +192,24 @@ class Scheduler:
         if info is not None and self.on_step is not None:
             self.on_step(info)
         return info
+
+    def _admit_arrivals(self) -> int:
+        """Admit waiting requests into free rows, again while more arrive during the prefills (they
+        join before this step's decode, not after it)."""
+        self._drain_inbox()
+        admitted = 0
+        while True:
+            newly = self._admit()
+            admitted += newly
+            if not newly or not self._drain_inbox():
+                return admitted
+
+    def _drain_inbox(self) -> int:
+        with self._cv:
+            n = len(self._inbox)
+            self.waiting.extend(self._inbox)
+            self._inbox.clear()
+        return n
 
     def _select(self, lo: int, hi: int) -> None:
         if self._rows != (lo, hi):
@@ -210,10 +229,10 @@ class Scheduler:
         if not take:
             return 0
         lo, hi = self.n, self.n + len(take)
-        if self.packed:
-            self._select(lo, hi)
-        else:
+        group = self.prefill_rows
+        if not self.packed:
             self.ex.reset(len(take))
+            group = len(take)  # a static batch is prefilled at once
         now = time.time_ns()
         for i, req in enumerate(take):
             req.result.scheduled_time_ns = now
@@ -224,14 +243,24 @@ class Scheduler:
                 noise = PositionNoise(seed, self.vocab, self.dev)
             self.slots[lo + i] = _Row(req, noise, self.eos_ids | req.stop_ids)
         self.n = hi
-        t0 = time.perf_counter()
-        first, prefilled = self.runner.prefill(lo, [r.prompt for r in take], self._scorer(lo))
-        rows = self.slots[lo:hi]
-        t_target = time.perf_counter() - t0  # (`tolist` in prefill waited for the device)
-        for row, tok in zip(rows, first):
-            row.req.result.prefill_time_s = t_target
-            self._emit(row, [tok])  # streamed before the drafter runs: time to first token
-        if any(r.req.speculative for r in rows):
+        # Target prefills first, each group's first tokens streamed at once; the drafter follows.
+        drafts = []
+        for a in range(lo, hi, group):
+            b = min(a + group, hi)
+            rows = self.slots[a:b]
+            if self.packed:
+                self._select(a, b)
+            t0 = time.perf_counter()
+            first, prefilled = self.runner.prefill(a, [r.req.prompt for r in rows], self._scorer(a))
+            t_target = time.perf_counter() - t0  # (`tolist` in prefill waited for the device)
+            for row, tok in zip(rows, first):
+                row.req.result.prefill_time_s = t_target
+                self._emit(row, [tok])
+            if any(r.req.speculative for r in rows):
+                drafts.append((a, b, rows, prefilled))
+        for a, b, rows, prefilled in drafts:
+            if self.packed:
+                self._select(a, b)
             t1 = time.perf_counter()
             self.runner.prefill_drafter(prefilled)
             for row in rows:
