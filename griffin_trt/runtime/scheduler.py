@@ -2,7 +2,8 @@
 
 Every `step()`:
   1. retires cancelled rows,
-  2. admits waiting requests into free slots and prefills them on their own row range,
+  2. admits waiting requests into free slots and prefills them on their own row range (streaming
+     each first token before the drafter's prefill; requests arriving meanwhile are admitted too),
   3. runs one draft-and-verify step over all active rows (a bucketed row range [0, B)) with the tree
      budget the recipe's schedule gives for that many rows,
   4. streams each row's new tokens and retires finished rows at once, freeing their slots.
