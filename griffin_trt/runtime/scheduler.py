@@ -124,7 +124,6 @@ class Scheduler:
         # A GPU prefills a few prompts in about the time of one.
         self.prefill_rows = self.max_batch if spec.device.type == "cuda" else 1
         self.on_step: Callable[[StepInfo], None] | None = None
-        self.steps = 0
 
     # ------------------------------------------------------------------ requests
     def check(self, req: Request) -> None:
@@ -304,7 +303,6 @@ class Scheduler:
             else:
                 r.tree_tokens_per_step.append(1)
             self._emit(row, toks)
-        self.steps += 1
         return StepInfo(active, B, tree.tree_size, tree.depth, admitted, time.perf_counter() - t0)
 
     def _scorer(self, lo: int):

@@ -74,7 +74,6 @@ class StepOutput:
 class StepRunner:
     def __init__(self, executor: Executor, tree: TreeConfig, state: SlotState):
         self.ex = executor
-        self.tree = tree
         self.state = state
         spec = executor.spec
         self.dev = spec.device
