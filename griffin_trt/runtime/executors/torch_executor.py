@@ -18,7 +18,8 @@ class CudaGraphed:
     what graphs remove. Inputs are copied into static buffers; the caches are captured by address
     (they never move), so in-place cache writes land where the next step reads them. The cache rows
     a step runs on are part of the key (`rows()`: a graph captured on rows [0, 4) must not replay on
-    [2, 3)). Shapes above `max_tokens` (long prefills) run eagerly.
+    [2, 3)). Decode steps run on rows [0, B); a step on rows starting elsewhere (a newcomer's
+    prefill) and shapes above `max_tokens` (long prefills) run eagerly.
     """
 
     def __init__(self, fn, max_tokens: int, rows):
@@ -28,9 +29,10 @@ class CudaGraphed:
         self.graphs: dict = {}
 
     def __call__(self, *args: torch.Tensor):
-        if args[1].shape[1] > self.max_tokens:  # args[1]: tokens [B, T] for both steps
+        rows = self.rows()
+        if args[1].shape[1] > self.max_tokens or rows[0] != 0:  # args[1]: tokens [B, T] for both steps
             return self.fn(*args)
-        key = (self.rows(), *(a.shape for a in args))
+        key = (rows, *(a.shape for a in args))
         entry = self.graphs.get(key)
         if entry is None:
             static_in = [a.clone() for a in args]
