@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {
         "recipe": str(args.recipe),
         "backend": args.backend,
-        "device": str(rt.decoder.dev),
+        "device": str(rt.decoder.ex.spec.device),
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,

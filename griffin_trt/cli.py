@@ -48,6 +48,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--end-id", type=int, default=None, help="an extra stop token id (-1: none, as TensorRT-LLM)")
+    p.add_argument("--stop", action="append", default=[], help="stop once the text contains this (repeatable)")
     p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default=None,
                    help="default: torch with --target/--drafter, else the recipe's back end if built, else torch")
     p.add_argument("--build-dir", type=Path, default=None, help="output of `griffin-trt build` (default: recipe's)")
@@ -79,7 +80,8 @@ def _generate(args) -> int:
         for p in args.prompt
     ]
     results = rt.decoder.generate(prompts, max_new, sampling, speculative=not args.no_speculation,
-                                  stop_ids=None if end_id is None else [end_id])
+                                  stop_ids=None if end_id is None else [end_id],
+                                  stop_strings=args.stop)
     out = []
     for r in results:
         d = r.to_dict()

@@ -53,6 +53,44 @@ class TreeConfig:
 
 
 @dataclass(frozen=True)
+class TreeBudget:
+    """From `batch` active rows up, verify at most `total_tokens` positions per step (root included)
+    drafted in `depth` passes; `total_tokens = 1` is the root alone: plain decoding."""
+
+    batch: int
+    total_tokens: int
+    depth: int = 0
+
+
+@dataclass(frozen=True)
+class TreeSchedule:
+    """Speculation that adapts to load: tree budgets by active batch size, smallest batch first.
+
+    Below the first budget's `batch` the full [tree] runs. Budgets never grow with the batch and
+    never exceed [tree], whose sizes the caches and engines are built for.
+    """
+
+    budgets: tuple[TreeBudget, ...] = ()
+
+    def tree_for(self, tree: TreeConfig, active: int) -> TreeConfig:
+        """The tree to draft when `active` rows decode together (tree_size 1: plain decoding)."""
+        chosen = None
+        for b in self.budgets:
+            if active >= b.batch:
+                chosen = b
+        if chosen is None:
+            return tree
+        if chosen.total_tokens == 1:
+            return PLAIN
+        if tree.choices:  # a static tree runs whole (the parser allows nothing else)
+            return tree
+        return TreeConfig(top_k=tree.top_k, depth=chosen.depth, total_tokens=chosen.total_tokens)
+
+
+PLAIN = TreeConfig(top_k=1, depth=0, total_tokens=1)  # the root alone: one target token per step
+
+
+@dataclass(frozen=True)
 class Limits:
     max_batch: int = 1
     max_input_len: int = 512
@@ -76,6 +114,7 @@ class Recipe:
     fp8: bool = False
     tree: TreeConfig = field(default_factory=TreeConfig)
     limits: Limits = field(default_factory=Limits)
+    schedule: TreeSchedule = field(default_factory=TreeSchedule)
     source: Path | None = None
     # Reduced draft vocabulary: the drafter drafts among the `draft_vocab` most frequent ids of the
     # `token_counts` table (griffin_trt/models/draft_vocab.py); None: the whole vocabulary.
@@ -105,12 +144,14 @@ class Recipe:
 
 
 _SCHEMA: dict[str, set[str]] = {
-    "": {"name", "model", "tree", "limits", "build"},
+    "": {"name", "model", "tree", "limits", "build", "schedule"},
     "model": {"target", "drafter", "tokenizer", "dtype", "draft_vocab", "token_counts"},
     "tree": {"top_k", "depth", "total_tokens", "choices"},
     "limits": {"max_batch", "max_input_len", "max_output_len"},
     "build": {"backend", "device", "output_dir", "fp8"},
+    "schedule": {"budgets"},
 }
+_BUDGET_KEYS = {"batch", "total_tokens", "depth"}
 
 
 def _check_keys(section: str, table: dict[str, Any], where: Path | str) -> None:
@@ -169,13 +210,74 @@ def parse_tree(t: dict[str, Any], where: Any = "tree") -> TreeConfig:
             raise RecipeError(f"{where}: choices contain duplicate paths")
         choices = tuple(sorted(paths, key=lambda p: (len(p), p)))
     else:
-        max_nodes = top_k + depth * top_k * top_k
+        max_nodes = _max_nodes(top_k, depth)
         if total - 1 > max_nodes:
             raise RecipeError(
                 f"{where}: total_tokens = {total} needs {total - 1} draft nodes but top_k={top_k}, "
                 f"depth={depth} produce at most {max_nodes}"
             )
     return TreeConfig(top_k=top_k, depth=depth, total_tokens=total, choices=choices)
+
+
+def _max_nodes(top_k: int, depth: int) -> int:
+    """Draft candidates a dynamic tree of `depth` passes scores: the root's k children + k*k per pass."""
+    return top_k + depth * top_k * top_k
+
+
+def parse_schedule(table: dict[str, Any], tree: TreeConfig, max_batch: int, where: Any = "schedule") -> TreeSchedule:
+    budgets = table.get("budgets", [])
+    if not isinstance(budgets, list):
+        raise RecipeError(f"{where}: [schedule] budgets must be a list like [{{ batch = 4, total_tokens = 16, depth = 3 }}]")
+    out: list[TreeBudget] = []
+    prev = TreeBudget(1, tree.tree_size, 0 if tree.choices else tree.depth)
+    for i, b in enumerate(budgets):
+        at = f"{where}: [schedule] budgets[{i}]"
+        if not isinstance(b, dict):
+            raise RecipeError(f"{at} must be a table like {{ batch = 4, total_tokens = 16, depth = 3 }}")
+        unknown = sorted(set(b) - _BUDGET_KEYS)
+        if unknown:
+            raise RecipeError(f"{at}: unknown key(s) {unknown}; allowed: {', '.join(sorted(_BUDGET_KEYS))}")
+        for key in ("batch", "total_tokens"):
+            if key not in b:
+                raise RecipeError(f"{at}: {key} is required")
+        batch = _int(b, "batch", 0, 2, 1 << 20, at)
+        if batch <= prev.batch:
+            raise RecipeError(f"{at}: batch = {batch} must be above the previous budget's ({prev.batch})")
+        if batch > max_batch:
+            raise RecipeError(f"{at}: batch = {batch} is never reached with [limits] max_batch = {max_batch}")
+        total = _int(b, "total_tokens", 0, 1, 1 << 20, at)
+        if total > prev.total_tokens:
+            raise RecipeError(
+                f"{at}: total_tokens = {total} grows with the batch (previous budget: {prev.total_tokens}); "
+                "budgets may only shrink as load grows"
+            )
+        if total == 1:  # plain decoding: nothing is drafted
+            if "depth" in b:
+                raise RecipeError(f"{at}: total_tokens = 1 is plain decoding; drop depth")
+            out.append(TreeBudget(batch, 1, 0))
+            prev = out[-1]
+            continue
+        if tree.choices:
+            if total != tree.tree_size or "depth" in b:
+                raise RecipeError(
+                    f"{at}: a static tree (choices) runs whole or not at all: total_tokens must be "
+                    f"{tree.tree_size} or 1 (plain), without depth"
+                )
+            out.append(TreeBudget(batch, total, 0))
+        else:
+            if "depth" not in b:
+                raise RecipeError(f"{at}: depth is required with total_tokens > 1")
+            depth = _int(b, "depth", 0, 1, 1 << 20, at)
+            if depth > prev.depth:
+                raise RecipeError(f"{at}: depth = {depth} grows with the batch (previous budget: {prev.depth})")
+            if total - 1 > _max_nodes(tree.top_k, depth):
+                raise RecipeError(
+                    f"{at}: total_tokens = {total} needs {total - 1} draft nodes but top_k={tree.top_k}, "
+                    f"depth={depth} produce at most {_max_nodes(tree.top_k, depth)}"
+                )
+            out.append(TreeBudget(batch, total, depth))
+        prev = out[-1]
+    return TreeSchedule(tuple(out))
 
 
 def load_recipe(path: str | Path, check_paths: bool = True) -> Recipe:
@@ -195,7 +297,7 @@ def recipe_from_dict(
 ) -> Recipe:
     where = source or "recipe"
     _check_keys("", data, where)
-    for section in ("model", "tree", "limits", "build"):
+    for section in ("model", "tree", "limits", "build", "schedule"):
         if not isinstance(data.get(section, {}), dict):
             raise RecipeError(f"{where}: [{section}] must be a table")
         _check_keys(section, data.get(section, {}), where)
@@ -247,6 +349,7 @@ def recipe_from_dict(
         fp8=fp8,
         tree=tree,
         limits=limits,
+        schedule=parse_schedule(data.get("schedule", {}), tree, limits.max_batch, where),
         source=source,
         draft_vocab=draft_vocab,
         token_counts=token_counts,

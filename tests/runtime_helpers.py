@@ -3,20 +3,24 @@ from __future__ import annotations
 
 import torch
 
-from griffin_trt.recipe import Limits, TreeConfig
+from griffin_trt.recipe import Limits, TreeConfig, TreeSchedule
 from griffin_trt.runtime import SpeculativeDecoder
 from griffin_trt.runtime.executors.torch_executor import TorchExecutor
 
 
 def make_decoder(target, drafter, tree=TreeConfig(), limits=Limits(max_batch=4, max_input_len=64, max_output_len=64),
-                 eos=()):
-    ex = TorchExecutor.from_paths(
+                 eos=(), schedule=TreeSchedule(), detokenize=None, executor=None):
+    ex = executor or make_executor(target, drafter, tree, limits)
+    return SpeculativeDecoder(ex, tree, limits, eos, schedule, detokenize)
+
+
+def make_executor(target, drafter, tree, limits):
+    return TorchExecutor.from_paths(
         target, drafter, top_k=max(tree.top_k, 1),
         target_kv_len=limits.max_seq_len + tree.tree_size,
         drafter_kv_len=limits.max_seq_len + tree.max_accept + tree.drafter_slots,
         max_batch=limits.max_batch,
     )
-    return SpeculativeDecoder(ex, tree, limits, eos)
 
 
 def hf_greedy(hf_model, prompt: list[int], n: int, eos: int | None = None) -> list[int]:

@@ -52,3 +52,17 @@ def test_aggregate_compare_report(tmp_path):
     json.dumps(report)
     png = plot_report(report, tmp_path / "p.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_compares_ttft_with_concurrency_1():
+    def run(c, ttft):
+        rows = [dict(_row(i, m, "chat", [1, 2], 0.1, 1.0, 1), ttft_s=ttft, concurrency=c)
+                for i, m in enumerate(("speculative", "plain"))]
+        modes = {m: {"aggregate": aggregate([r for r in rows if r["mode"] == m], 1.0),
+                     "by_category": by_category([r for r in rows if r["mode"] == m]), "requests": rows} for m in
+                 ("speculative", "plain")}
+        return {"concurrency": c, "modes": modes, "lossless": lossless_check(rows[:1], rows[1:]),
+                "speculative_vs_plain": compare(modes["speculative"]["aggregate"], modes["plain"]["aggregate"])}
+
+    text = format_report({"config": {}, "runs": [run(1, 0.02), run(4, 0.05)]})
+    assert "TTFT p50 vs concurrency 1: speculative x2.50, plain x2.50" in text

@@ -74,3 +74,50 @@ def test_to_dict_round_trips_through_json(tmp_path):
     assert d["tree"]["total_tokens"] == 60 and d["target"] == str(tmp_path / "t")
     r2 = recipe_from_dict({"model": {"target": d["target"], "drafter": d["drafter"]}, "tree": {"top_k": 10}}, tmp_path)
     assert r2.tree == r.tree
+
+
+SCHED = BASE + "[limits]\nmax_batch = 8\n[schedule]\n"
+
+
+def test_tree_schedule_gives_the_budget_by_active_rows(tmp_path):
+    r = load_recipe(write(tmp_path, SCHED + "budgets = [{ batch = 2, total_tokens = 16, depth = 4 },"
+                                            " { batch = 4, total_tokens = 8, depth = 2 }, { batch = 6, total_tokens = 1 }]\n"))
+    got = {n: r.schedule.tree_for(r.tree, n) for n in range(1, 9)}
+    assert got[1] == r.tree
+    assert (got[2].total_tokens, got[2].depth, got[3].total_tokens) == (16, 4, 16)
+    assert (got[4].total_tokens, got[4].depth, got[5].depth) == (8, 2, 2)
+    assert got[6].tree_size == got[8].tree_size == 1  # plain decoding
+    assert load_recipe(write(tmp_path, BASE)).schedule.budgets == ()
+
+
+@pytest.mark.parametrize(
+    "budgets, msg",
+    [
+        ("[{ batch = 1, total_tokens = 8, depth = 2 }]", "batch = 1 is out of range [2,"),
+        ("[{ batch = 9, total_tokens = 8, depth = 2 }]", "batch = 9 is never reached with [limits] max_batch = 8"),
+        ("[{ batch = 4, total_tokens = 8, depth = 2 }, { batch = 4, total_tokens = 1 }]", "must be above the previous"),
+        ("[{ batch = 2, total_tokens = 8, depth = 2 }, { batch = 4, total_tokens = 16, depth = 2 }]",
+         "total_tokens = 16 grows with the batch"),
+        ("[{ batch = 2, total_tokens = 61, depth = 2 }]", "total_tokens = 61 grows"),
+        ("[{ batch = 2, total_tokens = 8, depth = 6 }]", "depth = 6 grows"),
+        ("[{ batch = 2, total_tokens = 8 }]", "depth is required"),
+        ("[{ batch = 2, total_tokens = 1, depth = 1 }]", "plain decoding; drop depth"),
+        ("[{ batch = 2, tokens = 8 }]", "unknown key(s) ['tokens']"),
+        ("3", "budgets must be a list"),
+    ],
+)
+def test_bad_schedules_are_refused(tmp_path, budgets, msg):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(write(tmp_path, SCHED + f"budgets = {budgets}\n"))
+    assert msg in str(e.value)
+
+
+def test_static_trees_run_whole_or_plain(tmp_path):
+    static = BASE + "[tree]\nchoices = [[0], [1], [0, 0]]\n[limits]\nmax_batch = 4\n[schedule]\n"
+    r = load_recipe(write(tmp_path, static + "budgets = [{ batch = 2, total_tokens = 4 }, { batch = 3, total_tokens = 1 }]\n"))
+    assert r.schedule.tree_for(r.tree, 2) == r.tree and r.schedule.tree_for(r.tree, 3).tree_size == 1
+    with pytest.raises(RecipeError, match="runs whole or not at all"):
+        load_recipe(write(tmp_path, static + "budgets = [{ batch = 2, total_tokens = 3 }]\n"))
+    small = BASE + "[tree]\ntop_k = 2\ndepth = 3\ntotal_tokens = 12\n[limits]\nmax_batch = 4\n[schedule]\n"
+    with pytest.raises(RecipeError, match="depth=1 produce at most 6"):
+        load_recipe(write(tmp_path, small + "budgets = [{ batch = 2, total_tokens = 10, depth = 1 }]\n"))

@@ -125,17 +125,21 @@ def test_streaming_callback_sees_every_token_in_order(pair):
 def test_bad_requests_are_refused(pair):
     dec = make_decoder(*pair)
     for prompts, n, msg in [
-        ([[]], 4, "prompt 0 is empty"),
-        ([[1] * 65], 4, "max_input_len is 64"),
-        ([[1]], 0, "max_new_tokens must be in"),
-        ([[1]], 65, "max_new_tokens must be in"),
-        ([[1]] * 5, 4, "exceed max_batch"),
-        ([[96]], 4, "outside"),
+        ([[]], 4, "prompt 0: the prompt is empty"),
+        ([[1] * 65], 4, "longer than max_input_len = 64"),
+        ([[1]], 0, r"max_tokens must be in \[1, 64\], got 0"),
+        ([[1]], 65, "max_tokens must be in .*got 65"),
+        ([[1], [96]], 4, r"prompt 1: input_ids must be token ids in \[0, 96\)"),
     ]:
         with pytest.raises(ValueError, match=msg):
             dec.generate(prompts, n)
     with pytest.raises(ValueError, match="temperature"):
         dec.generate([[1]], 4, SamplingParams(temperature=-1))
+    with pytest.raises(ValueError, match=r"stop/end id\(s\) \[96\]"):
+        dec.generate([[1]], 4, stop_ids=[96])
+    with pytest.raises(ValueError, match="need a tokenizer"):
+        dec.generate([[1]], 4, stop_strings=["x"])
+    assert not dec.scheduler.has_work()  # nothing refused was queued
 
 
 def _cuda_decoder(pair, cuda_graphs=True):
@@ -156,7 +160,8 @@ def test_cuda_loop_with_triton_tree_kernels_is_exact(pair, batch):
     """CUDA: CUDA-graphed steps + the Triton tree kernels, token-exact vs transformers' greedy on the
     same GPU."""
     gpu = _cuda_decoder(pair)
-    assert gpu.ex.tree_ops().name == "triton" and gpu.expand.__name__ == "expand_frontier_triton"
+    assert gpu.ex.tree_ops().name == "triton"
+    assert gpu.scheduler.runner.expand.__name__ == "expand_frontier_triton"
     hf = gpu.ex.pair.target.hf
     prompts = random_prompts(8, 96, seed=9)
     for i in range(0, 8, batch):

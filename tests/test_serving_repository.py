@@ -89,16 +89,62 @@ def test_unknown_placeholder_is_refused(tmp_path):
 def test_demo_recipe_fills(tmp_path):
     r = load_recipe(REPO / "build" / "demo.toml", check_paths=False)
     out = fill_repository(r, tmp_path)
-    assert "max_batch_size: 4" in (out / "ensemble" / "config.pbtxt").read_text()
+    assert f"max_batch_size: {r.limits.max_batch}" in (out / "ensemble" / "config.pbtxt").read_text()
+    assert r.schedule.budgets  # the demo adapts speculation to load
 
 
-def test_ensemble_uses_tensorrt_llm_names():
-    text = (REPO / "triton_repo" / "ensemble" / "config.pbtxt").read_text()
-    for name in ("text_input", "max_tokens", "temperature", "top_p", "top_k", "stream", "end_id", "random_seed",
-                 "text_output", "speculative", "acceptance_length", "total_accepted_draft_tokens",
-                 "total_draft_tokens", "num_decode_steps", "arrival_time_ns", "first_token_time_ns",
-                 "last_token_time_ns"):
-        assert f'name: "{name}"' in text, name
+def test_ensemble_declares_every_tensorrt_llm_input(tmp_path):
+    """A client written for TensorRT-LLM's ensemble finds each of its inputs, with its data type, and
+    each reaches the griffin model (text_input through preprocessing)."""
+    from griffin_trt.serving.trtllm_inputs import INPUTS
+
+    out = fill_repository(_recipe(tmp_path), tmp_path / "out")
+    ens = (out / "ensemble" / "config.pbtxt").read_text()
+    grf = (out / "griffin" / "config.pbtxt").read_text()
+    names = {i.name for i in INPUTS}
+    assert {"text_input", "max_tokens", "stream", "temperature", "top_p", "top_k", "seed", "random_seed", "end_id",
+            "pad_id", "stop_words", "bad_words", "exclude_input_in_output", "return_perf_metrics", "beam_width",
+            "lora_task_id", "guided_decoding_guide"} <= names
+    for i in INPUTS:
+        opt = "" if i.name in ("text_input", "max_tokens") else " optional: true"
+        assert f'{{ name: "{i.name}" data_type: {i.dtype} dims: {i.dims}{opt} }}' in ens, i.name
+        if i.griffin:
+            assert f'input_map {{ key: "{i.griffin}" value: "{i.name}" }}' in ens, i.name
+            assert f'{{ name: "{i.griffin}" data_type: {i.dtype} dims: {i.dims}{opt} }}' in grf, i.griffin
+    for name in ("text_output", "acceptance_length", "total_accepted_draft_tokens", "total_draft_tokens",
+                 "num_decode_steps", "arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns",
+                 "last_token_time_ns", "num_input_tokens", "num_output_tokens"):
+        assert f'name: "{name}"' in ens, name
+    assert 'input_map { key: "QUERY" value: "text_input" }' in ens
+
+
+def test_tree_schedule_reaches_the_served_recipe_and_the_config(tmp_path):
+    r = _recipe(tmp_path)
+    r = recipe_from_dict({**recipe_as_toml_dict(r), "schedule": {"budgets": [
+        {"batch": 2, "total_tokens": 6, "depth": 2}, {"batch": 3, "total_tokens": 1}]}}, base=tmp_path)
+    out = fill_repository(r, tmp_path / "out")
+    served = recipe_from_dict(json.loads((out / "griffin" / "recipe.json").read_text()), base=Path("/"))
+    assert served.schedule == r.schedule and len(r.schedule.budgets) == 2
+    g = (out / "griffin" / "config.pbtxt").read_text()
+    assert 'key: "tree_schedule" value: { string_value: "1+: 12 tokens depth 3; 2+: 6 tokens depth 2; 3+: plain" }' in g
+
+
+def test_unsupported_tensorrt_llm_values_are_named():
+    import numpy as np
+
+    from griffin_trt.serving.trtllm_inputs import BY_GRIFFIN, check_unsupported
+
+    assert check_unsupported(BY_GRIFFIN["beam_width"], np.array([[1]])) is None
+    assert check_unsupported(BY_GRIFFIN["bad_words"], np.array([[b"", b""]], object)) is None
+    assert check_unsupported(BY_GRIFFIN["min_tokens"], np.array([[0]])) is None
+    assert check_unsupported(BY_GRIFFIN["lora_weights"], np.zeros((1, 0, 4))) is None
+    assert "ignored" in check_unsupported(BY_GRIFFIN["pad_id"], np.array([[2]]))
+    for name, value, msg in [("beam_width", np.array([[4]]), "beam_width = 4 is not supported"),
+                             ("bad_words", np.array([[b"x"]], object), "bad_words = 'x'"),
+                             ("frequency_penalty", np.array([[0.5]], np.float32), "frequency_penalty = 0.5"),
+                             ("lora_task_id", np.array([[3]], np.uint64), "leave it out")]:
+        with pytest.raises(ValueError, match=msg):
+            check_unsupported(BY_GRIFFIN[name], value)
 
 
 def test_free_ports_and_env():

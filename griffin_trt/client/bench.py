@@ -226,6 +226,8 @@ def _fmt(v, scale=1.0, digits=2):
 
 def format_report(report: dict) -> str:
     lines = []
+    ttft1 = {m: run["modes"][m]["aggregate"]["ttft_s"]["p50"] for run in report["runs"] if run["concurrency"] == 1
+             for m in MODES}
     for run in report["runs"]:
         lines.append(f"concurrency {run['concurrency']}:")
         lines.append(f"  {'mode':<12}{'req':>5}{'fail':>5}{'tok':>7}{'tok/s':>9}{'tau':>6}"
@@ -247,6 +249,9 @@ def format_report(report: dict) -> str:
             f"TPOT speedup x{_fmt(cmp_['speedup_tpot_mean'])}; greedy outputs equal in "
             f"{ll['compared'] - ll['mismatches']}/{ll['compared']}"
         )
+        if ttft1 and run["concurrency"] != 1:
+            lines.append("  TTFT p50 vs concurrency 1: " + ", ".join(
+                f"{m} x{_fmt(_ratio(run['modes'][m]['aggregate']['ttft_s']['p50'], ttft1.get(m)))}" for m in MODES))
         cats = run["modes"]["speculative"]["by_category"]
         plain_cats = run["modes"]["plain"]["by_category"]
         for cat, v in cats.items():
@@ -323,7 +328,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--recipe", default=str(Path(__file__).resolve().parents[2] / "build" / "demo.toml"))
     p.add_argument("--build-dir", default=None, help="build folder (default: the recipe's output_dir)")
     p.add_argument("--url", default=None, help=f"a running server's gRPC address, e.g. {DEFAULT_URL}")
-    p.add_argument("--concurrency", type=_concurrency, default=[1, 4], help="comma list (default 1,4)")
+    p.add_argument("--concurrency", type=_concurrency, default=[1, 4, 8], help="comma list (default 1,4,8)")
     p.add_argument("--num-prompts", type=int, default=None, help="prompts per run (default: all shipped)")
     p.add_argument("--prompts", default=None, help="a JSONL prompt file (id, category, prompt)")
     p.add_argument("--max-tokens", type=int, default=64)

@@ -22,7 +22,7 @@ DEFAULT_URL = "127.0.0.1:8001"
 STAT_FIELDS = (
     "acceptance_length", "acceptance_rate", "target_forwards", "num_decode_steps",
     "total_accepted_draft_tokens", "total_draft_tokens",
-    "arrival_time_ns", "first_token_time_ns", "last_token_time_ns",
+    "arrival_time_ns", "first_token_time_ns", "last_token_time_ns", "first_scheduled_time_ns",
 )
 
 
@@ -52,6 +52,7 @@ class RequestResult:
     arrival_time_ns: int = 0
     first_token_time_ns: int = 0
     last_token_time_ns: int = 0
+    first_scheduled_time_ns: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -123,10 +124,13 @@ class GriffinClient:
         except Exception:
             return False
 
-    def _settings(self, max_tokens, stream, speculative, temperature, top_p, top_k, seed, end_id, names) -> list:
+    def _settings(self, max_tokens, stream, speculative, temperature, top_p, top_k, seed, end_id, stop_words,
+                  names) -> list:
         g = self._g
         ins = [_input(g, names["max_tokens"], np.array([[max_tokens]], np.int32), "INT32")]
         ins.append(_input(g, names["stream"], np.array([[bool(stream)]], np.bool_), "BOOL"))
+        # TensorRT-LLM's default puts the prompt in front of unary outputs; this client wants the new tokens.
+        ins.append(_input(g, "exclude_input_in_output", np.array([[True]], np.bool_), "BOOL"))
         ins.append(_input(g, "speculative", np.array([[bool(speculative)]], np.bool_), "BOOL"))
         ins.append(_input(g, "temperature", np.array([[temperature]], np.float32), "FP32"))
         ins.append(_input(g, names["top_p"], np.array([[top_p]], np.float32), "FP32"))
@@ -135,6 +139,9 @@ class GriffinClient:
             ins.append(_input(g, "random_seed", np.array([[seed]], np.uint64), "UINT64"))
         if end_id is not None:
             ins.append(_input(g, "end_id", np.array([[end_id]], np.int32), "INT32"))
+        if stop_words:
+            words = np.array([[w.encode("utf-8") for w in stop_words]], dtype=np.object_)
+            ins.append(_input(g, "stop_words", words, "BYTES"))
         return ins
 
     def generate(
@@ -150,6 +157,7 @@ class GriffinClient:
         top_k: int = 0,
         seed: int | None = None,
         end_id: int | None = None,
+        stop_words: list[str] | None = None,
         on_tokens=None,
         on_text=None,
         raise_on_error: bool = True,
@@ -166,7 +174,8 @@ class GriffinClient:
             model = self.model
             names = {"max_tokens": "max_tokens", "stream": "stream", "top_p": "top_p", "top_k": "top_k"}
             ins = [_input(g, "text_input", np.array([[str(prompt).encode("utf-8")]], dtype=np.object_), "BYTES")]
-        ins += self._settings(max_tokens, stream, speculative, temperature, top_p, top_k, seed, end_id, names)
+        ins += self._settings(max_tokens, stream, speculative, temperature, top_p, top_k, seed, end_id, stop_words,
+                              names)
         rid = f"griffin-{next(self._ids)}"
         self._start()
         res = RequestResult(send_s=time.perf_counter())

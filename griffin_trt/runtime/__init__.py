@@ -2,5 +2,6 @@
 from .decoder import SpeculativeDecoder
 from .load import Runtime, load_runtime
 from .results import GenerationResult, SamplingParams
+from .scheduler import Request, Scheduler
 
-__all__ = ["GenerationResult", "Runtime", "SamplingParams", "SpeculativeDecoder", "load_runtime"]
+__all__ = ["GenerationResult", "Request", "Runtime", "SamplingParams", "Scheduler", "SpeculativeDecoder", "load_runtime"]

@@ -60,7 +60,10 @@ def load_runtime(
         tok_dir = build_dir / "tokenizer" if (build_dir / "tokenizer").is_dir() else recipe.tokenizer
     tokenizer = load_tokenizer(tok_dir)
     eos = frozenset(stop_token_ids(recipe.target, tokenizer))
-    decoder = SpeculativeDecoder(executor, recipe.tree, recipe.limits, eos)
+    decoder = SpeculativeDecoder(
+        executor, recipe.tree, recipe.limits, eos, recipe.schedule,
+        detokenize=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+    )
     return Runtime(decoder, tokenizer, recipe, eos, backend)
 
 

@@ -36,10 +36,12 @@ class GenerationResult:
     draft_tokens: int = 0
     accepted_per_step: list[int] = field(default_factory=list)  # tokens emitted per decode step
     accepted_per_position: list[int] = field(default_factory=list)  # steps whose draft depth d was accepted
+    tree_tokens_per_step: list[int] = field(default_factory=list)  # tree budget per decode step (1: plain)
     draft_time_s: float = 0.0
     verify_time_s: float = 0.0
     prefill_time_s: float = 0.0
     arrival_time_ns: int = 0
+    scheduled_time_ns: int = 0  # when the request got a cache row (its prefill started)
     first_token_time_ns: int = 0
     last_token_time_ns: int = 0
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 MODELS = ("preprocessing", "griffin", "postprocessing", "ensemble")
-QUEUE_DELAY_US = 2000  # dynamic batching: how long the griffin model waits to group requests
+REQUIRED_INPUTS = ("text_input", "max_tokens")  # required by the models (optional in the ensemble)
 
 
 class RepositoryError(ValueError):
@@ -50,6 +50,9 @@ def recipe_as_toml_dict(recipe) -> dict[str, Any]:
     }
     if recipe.draft_vocab is not None:
         model.update(draft_vocab=recipe.draft_vocab, token_counts=str(Path(recipe.token_counts).resolve()))
+    budgets = []
+    for b in recipe.schedule.budgets:
+        budgets.append({"batch": b.batch, "total_tokens": b.total_tokens, **({"depth": b.depth} if b.depth else {})})
     return {
         "name": recipe.name,
         "model": model,
@@ -65,6 +68,7 @@ def recipe_as_toml_dict(recipe) -> dict[str, Any]:
             "output_dir": str(Path(recipe.output_dir).resolve()),
             "fp8": recipe.fp8,
         },
+        "schedule": {"budgets": budgets},
     }
 
 
@@ -98,7 +102,6 @@ def fill_values(recipe, out_dir: Path, manifest: dict | None = None) -> dict[str
         "max_batch": recipe.limits.max_batch,
         "max_input_len": recipe.limits.max_input_len,
         "max_output_len": recipe.limits.max_output_len,
-        "queue_delay_us": QUEUE_DELAY_US,
         "build_dir": out_dir,
         "manifest": out_dir / "manifest.json" if (out_dir / "manifest.json").is_file() else "",
         "backend": manifest.get("backend", recipe.backend),
@@ -111,11 +114,44 @@ def fill_values(recipe, out_dir: Path, manifest: dict | None = None) -> dict[str
         "max_total_draft_tokens": tree.tree_size - 1,
         "max_draft_len": tree.max_accept - 1,
         "draft_vocab": recipe.draft_vocab or 0,  # 0: the drafter drafts over the whole vocabulary
+        "tree_schedule": tree_schedule_text(recipe),
         "python_path": os.pathsep.join(python_path_entries()),
         "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
         "python_executable": sys.executable,
     }
-    return {k: _pbtxt_str(v) for k, v in values.items()}
+    filled = {k: _pbtxt_str(v) for k, v in values.items()}
+    filled.update(trtllm_blocks())  # generated config text, not string values
+    return filled
+
+
+def tree_schedule_text(recipe) -> str:
+    """The tree budget by active rows, e.g. "1+: 60 tokens depth 5; 4+: plain"."""
+    t = recipe.tree
+    parts = [f"1+: {t.tree_size} tokens" + ("" if t.choices else f" depth {t.depth}")]
+    for b in recipe.schedule.budgets:
+        parts.append(f"{b.batch}+: " + ("plain" if b.total_tokens == 1 else f"{b.total_tokens} tokens"
+                                         + (f" depth {b.depth}" if b.depth else "")))
+    return "; ".join(parts)
+
+
+def trtllm_blocks() -> dict[str, str]:
+    """Input declarations and ensemble mappings for every TensorRT-LLM ensemble input (one table)."""
+    from .trtllm_inputs import INPUTS
+
+    def decl(name, i, optional):
+        opt = " optional: true" if optional else ""
+        return f'  {{ name: "{name}" data_type: {i.dtype} dims: {i.dims}{opt} }},'
+
+    return {
+        # All optional in the ensemble (see its config: preprocessing refuses a missing one by name).
+        "trtllm_ensemble_inputs": "\n".join(decl(i.name, i, True) for i in INPUTS),
+        "trtllm_griffin_inputs": "\n".join(
+            decl(i.griffin, i, i.name not in REQUIRED_INPUTS) for i in INPUTS if i.griffin
+        ),
+        "trtllm_ensemble_map": "\n".join(
+            f'      input_map {{ key: "{i.griffin}" value: "{i.name}" }}' for i in INPUTS if i.griffin
+        ),
+    }
 
 
 def _fill_tree(src: Path, dst: Path, values: dict[str, str]) -> None:

@@ -3,7 +3,7 @@
 `reference` functions are plain torch (batched, static shapes); `kernels` holds the same ops as
 OpenAI-Triton kernels, tested against these.
 """
-from .accept import greedy_accept, process_logits, sample_accept
+from .accept import greedy_accept, process_logits
 from .dynamic import expand_frontier, select_tree
 from .ops import REFERENCE, TreeOps, default_tree_ops
 from .static import StaticTree
@@ -18,7 +18,6 @@ __all__ = [
     "expand_frontier",
     "greedy_accept",
     "process_logits",
-    "sample_accept",
     "select_tree",
     "stable_topk",
     "tree_from_parents",

@@ -4,11 +4,9 @@ Greedy (temperature 0): the longest root-to-node path whose every token is the t
 its parent; the bonus token is the argmax at the last accepted node. The output equals plain
 greedy decoding token for token.
 
-Sampling (temperature > 0): multi-draft rejection sampling with deterministic drafts. At the
-current node, with p the target's processed distribution there, try the children in column order:
-accept child x with probability p(x); on rejection set p(x) = 0 and renormalise. If every child is
-rejected, the bonus token is sampled from what is left. Each emitted token is distributed exactly
-as p (P(x_i) = prod_(j<i)(1 - p'(x_j)) * p'(x_i) = p(x_i)), so the output follows the target.
+Sampling (temperature > 0) uses the same rule on Gumbel-perturbed log-probabilities, so that a
+drafted child is accepted exactly when it is the token the target samples at its parent
+(griffin_trt/runtime/sampling.py): lossless, and the same tokens for a seed whatever the tree.
 """
 from __future__ import annotations
 
@@ -39,10 +37,6 @@ def process_logits(logits: torch.Tensor, temperature: float, top_p: float = 1.0,
     return torch.softmax(x, dim=-1)
 
 
-def _uniform(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    return torch.rand((), generator=generator, device=device)
-
-
 def _path_to(tree: DraftTree, node: torch.Tensor) -> torch.Tensor:
     """Columns of node's ancestors (root first) [B, max_depth + 1], padded with -1."""
     b, t = tree.tokens.shape
@@ -69,48 +63,3 @@ def greedy_accept(tree: DraftTree, logits: torch.Tensor) -> tuple[torch.Tensor, 
     count = tree.depths.gather(1, best[:, None]).squeeze(1) + 1
     bonus = choice.gather(1, best[:, None]).squeeze(1)
     return _path_to(tree, best), count, bonus
-
-
-def sample_accept(
-    tree: DraftTree,
-    logits: torch.Tensor,
-    temperature: float,
-    top_p: float,
-    top_k: int,
-    generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Lossless rejection sampling over the tree; same outputs as `greedy_accept`."""
-    b = tree.tokens.shape[0]
-    parents = tree.parents.tolist()
-    tokens = tree.tokens.tolist()
-    dev = logits.device
-    best, bonus = [], []
-    for r in range(b):
-        children: dict[int, list[int]] = {}
-        for j, p in enumerate(parents[r]):
-            if p >= 0:
-                children.setdefault(p, []).append(j)
-        node = 0
-        while True:
-            p = process_logits(logits[r, node], temperature, top_p, top_k)
-            nxt = None
-            for c in children.get(node, ()):
-                x = tokens[r][c]
-                if _uniform(generator, dev) < p[x]:
-                    nxt = c
-                    break
-                p[x] = 0.0
-                total = p.sum()
-                if total <= 0:  # every remaining token was rejected: only rounding can get here
-                    break
-                p = p / total
-            if nxt is None:
-                if p.sum() <= 0:
-                    p = process_logits(logits[r, node], temperature, top_p, top_k)
-                bonus.append(int(torch.multinomial(p, 1, generator=generator)))
-                best.append(node)
-                break
-            node = nxt
-    best_t = torch.tensor(best, device=tree.tokens.device)
-    count = tree.depths.gather(1, best_t[:, None]).squeeze(1) + 1
-    return _path_to(tree, best_t), count, torch.tensor(bonus, device=tree.tokens.device)

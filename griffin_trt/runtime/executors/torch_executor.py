@@ -14,20 +14,25 @@ class CudaGraphed:
     """Replays a step as a CUDA graph, captured once per input shape.
 
     Decode-time steps have few distinct shapes (a draft pass, the drafter update, the tree verify,
-    one plain token) and are launch-bound at batch 1, which is what graphs remove. Inputs are copied
-    into static buffers; the caches are captured by address (they never move), so in-place cache
-    writes land where the next step reads them. Shapes above `max_tokens` (long prefills) run eagerly.
+    one plain token, per batch bucket and tree budget) and are launch-bound at small batch, which is
+    what graphs remove. Inputs are copied into static buffers; the caches are captured by address
+    (they never move), so in-place cache writes land where the next step reads them. The cache rows
+    a step runs on are part of the key (`rows()`: a graph captured on rows [0, 4) must not replay on
+    [2, 3)). Decode steps run on rows [0, B); a step on rows starting elsewhere (a newcomer's
+    prefill) and shapes above `max_tokens` (long prefills) run eagerly.
     """
 
-    def __init__(self, fn, max_tokens: int):
+    def __init__(self, fn, max_tokens: int, rows):
         self.fn = fn
         self.max_tokens = max_tokens
+        self.rows = rows
         self.graphs: dict = {}
 
     def __call__(self, *args: torch.Tensor):
-        if args[1].shape[1] > self.max_tokens:  # args[1]: tokens [B, T] for both steps
+        rows = self.rows()
+        if args[1].shape[1] > self.max_tokens or rows[0] != 0:  # args[1]: tokens [B, T] for both steps
             return self.fn(*args)
-        key = tuple(a.shape for a in args)
+        key = (rows, *(a.shape for a in args))
         entry = self.graphs.get(key)
         if entry is None:
             static_in = [a.clone() for a in args]
@@ -64,14 +69,15 @@ class TorchExecutor(Executor):
             device=device,
             feature_dtype=t.dtype,
         )
-        # Caches are allocated once at full capacity; `reset` only narrows the batch view.
+        # Caches are allocated once at full capacity; `select_rows` / `reset` only narrow the view.
         self._tk, self._tv = t.new_cache(max_batch, target_kv_len)
         self._dk, self._dv = pair.drafter.new_cache(max_batch, drafter_kv_len)
         self._target, self._draft = self._eager_target, self._eager_draft
         if cuda_graphs and device.type == "cuda":
             # Anything up to a tree (or a frontier) is a decode-time shape worth a graph.
-            self._target = CudaGraphed(self._eager_target, max_tokens=256)
-            self._draft = CudaGraphed(self._eager_draft, max_tokens=256)
+            rows = lambda: self.rows  # noqa: E731
+            self._target = CudaGraphed(self._eager_target, max_tokens=256, rows=rows)
+            self._draft = CudaGraphed(self._eager_draft, max_tokens=256, rows=rows)
         self.reset(1)
 
     @classmethod
@@ -98,9 +104,26 @@ class TorchExecutor(Executor):
     def reset(self, batch: int) -> None:
         if not 1 <= batch <= self.spec.max_batch:
             raise ValueError(f"batch {batch} is outside [1, max_batch={self.spec.max_batch}]")
-        self.batch = batch
-        self.tk, self.tv = self._tk[:, :batch], self._tv[:, :batch]
-        self.dk, self.dv = self._dk[:batch], self._dv[:batch]
+        self.select_rows(0, batch)
+
+    def select_rows(self, lo: int, hi: int) -> None:
+        if not 0 <= lo < hi <= self.spec.max_batch:
+            raise ValueError(f"cache rows [{lo}, {hi}) are outside [0, max_batch={self.spec.max_batch})")
+        self.rows = (lo, hi)
+        self.batch = hi - lo
+        self.tk, self.tv = self._tk[:, lo:hi], self._tv[:, lo:hi]
+        self.dk, self.dv = self._dk[lo:hi], self._dv[lo:hi]
+
+    @torch.inference_mode()
+    def move_rows(self, src: int, dst: int) -> None:
+        m = self.spec.max_batch
+        if not (0 <= src < m and 0 <= dst < m):
+            raise ValueError(f"rows {src} -> {dst}: both must be in [0, max_batch={m})")
+        if src != dst:
+            for c in (self._tk, self._tv):
+                c[:, dst].copy_(c[:, src])
+            for c in (self._dk, self._dv):
+                c[dst].copy_(c[src])
 
     # The caches are read from self (views of fixed storage), so a captured graph keeps using them.
     def _eager_target(self, tokens, positions, write_index, mask, logit_index=None):

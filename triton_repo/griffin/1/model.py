@@ -1,11 +1,24 @@
-"""Triton Python model `griffin`: GRIFFIN speculative decoding (decoupled, streaming).
+"""Triton Python model `griffin`: GRIFFIN speculative decoding with in-flight batching (decoupled).
 
-Runs `griffin_trt.runtime`'s loop over the executor the build names. Requests that arrive together
-(dynamic batching) and share their decoding settings run as one batch of rows, up to the recipe's
-max_batch. Streaming requests get one response per accepted step (several tokens each) and a last
+`execute()` parses and validates each request, hands it to the runtime's step-level scheduler
+(griffin_trt/runtime/scheduler.py, the loop `griffin-trt generate` runs too) and returns at once.
+One background thread owns the scheduler: every step it admits waiting requests into free cache
+rows, decodes one draft-and-verify step over all active rows and streams each row's new tokens.
+Streaming requests get one response per step they advanced in (several tokens each) and a last
 response, flagged FINAL, with the request's statistics; unary requests get everything in one.
 
-Bad requests are answered with a TritonError and the model keeps serving.
+Cancellation: before every step the thread asks each live request's sender `is_cancelled()`; a
+cancelled request, or one whose response could not be sent (the client went away), is cancelled in
+the scheduler, which frees its row at the start of the next step. Either way the request ends
+with a FINAL response and is counted in `griffin_requests{outcome="cancelled"}`.
+
+Value rules are `griffin_trt.request_rules` (the CLI's too, same messages; the scheduler applies them
+again on submit) and TensorRT-LLM's input names are in griffin_trt/serving/trtllm_inputs.py; bad
+requests get a TritonError and the model keeps serving.
+
+Streamed text: each response carries `context_ids` (the ids sent before it, up to
+detokenize.CONTEXT_TOKENS) and `is_final`; postprocessing decodes context + new ids minus context and
+holds back an unfinished character until a later response (or the last one) completes it.
 """
 import json
 import os
@@ -13,15 +26,15 @@ import sys
 import threading
 import time
 import traceback
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-STAT_NAMES_INT32 = ("target_forwards", "num_decode_steps", "total_accepted_draft_tokens", "total_draft_tokens")
-STAT_NAMES_INT64 = ("arrival_time_ns", "first_token_time_ns", "last_token_time_ns")
+STAT_NAMES_INT32 = ("target_forwards", "num_decode_steps", "total_accepted_draft_tokens", "total_draft_tokens",
+                    "num_input_tokens", "num_output_tokens")
+STAT_NAMES_INT64 = ("arrival_time_ns", "first_token_time_ns", "last_token_time_ns", "first_scheduled_time_ns")
 KNOWN_PARAMETERS = frozenset()  # request parameters this model understands (none: use input tensors)
 TIME_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
 
@@ -41,22 +54,43 @@ def _extend_sys_path(value):
             sys.path.insert(0, p)
 
 
-def _scalar(request, name, default, cast):
+def _tensor(request, name):
     t = pb_utils.get_input_tensor_by_name(request, name)
-    if t is None:
+    return None if t is None else t.as_numpy()
+
+
+def _scalar(request, name, default, cast):
+    a = _tensor(request, name)
+    if a is None:
         return default
-    a = t.as_numpy()
     if a.size != 1:
         raise BadRequest(f"{name} must hold one value per request, got shape {list(a.shape)}")
     return cast(a.reshape(-1)[0])
 
 
-class _Job:
-    __slots__ = ("request", "sender", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed",
-                 "end_id", "stream", "speculative", "arrival_ns", "first_ns", "last_ns", "sent", "ctx", "alive")
+def _strings(request, name):
+    a = _tensor(request, name)
+    if a is None:
+        return ()
+    out = []
+    for v in a.reshape(-1).tolist():
+        s = v.decode("utf-8") if isinstance(v, bytes) else str(v)
+        if s:
+            out.append(s)
+    return tuple(out)
 
-    def key(self):
-        return (self.speculative, self.max_tokens, self.temperature, self.top_p, self.top_k, self.seed, self.end_id)
+
+class _Job:
+    """A request in flight: its Triton sender and what the responses need."""
+
+    __slots__ = ("req", "sender", "stream", "include_prompt", "ctx", "sent", "alive", "mode")
+
+    def __init__(self, req, sender, stream, include_prompt, context_tokens):
+        self.req, self.sender, self.stream, self.include_prompt = req, sender, stream, include_prompt
+        self.ctx = req.prompt[-context_tokens:]  # the ids before the next chunk, for postprocessing
+        self.sent = 0
+        self.alive = True
+        self.mode = "speculative" if req.speculative else "plain"
 
 
 class TritonPythonModel:
@@ -72,26 +106,32 @@ class TritonPythonModel:
         have = f"{sys.version_info.major}.{sys.version_info.minor}"
         if want and want != have:
             raise RuntimeError(f"repository was filled for Python {want}, the back-end stub runs Python {have}")
-        from griffin_trt import detokenize, request_rules  # issue 11: shared request rules, stream context
+        from griffin_trt import detokenize, request_rules
         from griffin_trt.recipe import recipe_from_dict
-        from griffin_trt.runtime import SamplingParams, load_runtime
+        from griffin_trt.runtime import Request, SamplingParams, load_runtime
+        from griffin_trt.serving import trtllm_inputs
 
-        self.SamplingParams = SamplingParams
-        self.rules, self.detok = request_rules, detokenize  # issue 11
+        self.Request, self.SamplingParams, self.compat = Request, SamplingParams, trtllm_inputs
+        self.rules, self.detok = request_rules, detokenize
         model_dir = args["model_repository"]
         with open(os.path.join(model_dir, "recipe.json")) as f:
             recipe = recipe_from_dict(json.load(f), base=Path(model_dir))
         build_dir = params.get("build_dir") or None
         if build_dir and not os.path.isfile(os.path.join(build_dir, "manifest.json")):
             build_dir = None  # nothing built (torch back end straight from the checkpoints)
-        self.recipe = recipe
         self.runtime = load_runtime(recipe, build_dir=build_dir)
-        self.max_batch = max(1, min(int(cfg.get("max_batch_size") or 1), recipe.limits.max_batch))
-        self.max_input_len = recipe.limits.max_input_len
-        self.max_output_len = recipe.limits.max_output_len
-        self.vocab = int(self.runtime.decoder.ex.spec.vocab_size)  # issue 11: the model's ids, not the tokenizer's
+        self.limits = recipe.limits
+        self.vocab = int(self.runtime.decoder.ex.spec.vocab_size)  # the model's ids, not the tokenizer's
+        self.scheduler = self.runtime.decoder.scheduler
+        self.scheduler.on_step = self._on_step
+        self._noted = set()  # ignored TensorRT-LLM inputs already logged
+        self._jobs = {}  # id(request) -> _Job, live requests
+        self._jobs_lock = threading.Lock()
+        self._pending_tokens = {}  # mode -> tokens emitted this step (flushed into the counter per step)
         self._init_metrics(args)
-        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="griffin-scheduler", daemon=True)
+        self._thread.start()
 
     # ------------------------------------------------------------------ metrics
     def _init_metrics(self, args):
@@ -101,21 +141,20 @@ class TritonPythonModel:
         def counter(name, desc):
             return pb_utils.MetricFamily(name=name, description=desc, kind=C)
 
-        self.fam_drafts = counter("griffin_spec_decode_num_drafts", "Draft-and-verify steps (target forwards) run")
-        self.fam_draft_tokens = counter("griffin_spec_decode_num_draft_tokens", "Draft tokens proposed along verified paths")
+        self.fam_drafts = counter("griffin_spec_decode_num_drafts", "Decode steps (target forwards) of speculative requests")
+        self.fam_draft_tokens = counter("griffin_spec_decode_num_draft_tokens", "Draft tokens verified")
         self.fam_accepted = counter("griffin_spec_decode_num_accepted_tokens", "Draft tokens accepted by the target")
         self.fam_accepted_pos = counter(
             "griffin_spec_decode_num_accepted_tokens_per_pos", "Draft tokens accepted, by depth in the draft tree"
         )
         self.fam_requests = counter("griffin_requests", "Requests answered, by mode and outcome")
-        self.fam_tokens = counter("griffin_generated_tokens", "Tokens generated, by mode")
+        self.fam_tokens = counter("griffin_generated_tokens", "Tokens generated, by mode (counted as they are decoded)")
+        self.fam_steps = counter("griffin_decode_steps", "Scheduler decode steps, by tree budget (verified positions per row)")
         self.m_drafts = self.fam_drafts.Metric(labels=labels)
         self.m_draft_tokens = self.fam_draft_tokens.Metric(labels=labels)
         self.m_accepted = self.fam_accepted.Metric(labels=labels)
-        self.m_accepted_pos = {}
         self._labels = labels
-        self.m_requests = {}
-        self.m_tokens = {}
+        self.m_accepted_pos, self.m_requests, self.m_tokens, self.m_steps = {}, {}, {}, {}
         try:
             H = pb_utils.MetricFamily.HISTOGRAM
             self.fam_draft_time = pb_utils.MetricFamily(
@@ -140,16 +179,11 @@ class TritonPythonModel:
             cache[key] = family.Metric(labels={**self._labels, **extra})
         return cache[key]
 
-    def _count(self, job, res, outcome):
-        mode = "speculative" if (job is not None and job.speculative) else "plain"
+    def _count(self, mode, res, outcome):
+        """One request's totals, when it ends (the token counter runs live, per step)."""
         self._metric(self.m_requests, self.fam_requests, {"mode": mode, "outcome": outcome}).increment(1)
-        if res is None:
-            return
-        n = len(res.token_ids)
-        if n:
-            self._metric(self.m_tokens, self.fam_tokens, {"mode": mode}).increment(n)
-        steps = int(res.target_forwards)
-        if not job.speculative or steps <= 0:
+        steps = int(res.target_forwards) if res is not None else 0
+        if mode != "speculative" or steps <= 0:
             return
         self.m_drafts.increment(steps)
         self.m_draft_tokens.increment(int(res.draft_tokens))
@@ -164,6 +198,15 @@ class TritonPythonModel:
             self.m_draft_time.increment(float(res.draft_time_s))
             self.m_verify_time.increment(float(res.verify_time_s))
 
+    def _on_step(self, info):
+        self._metric(self.m_steps, self.fam_steps, {"tree_tokens": str(info.tree_tokens)}).increment(1)
+
+    def _flush_tokens(self):
+        for mode, n in self._pending_tokens.items():
+            if n:
+                self._metric(self.m_tokens, self.fam_tokens, {"mode": mode}).increment(n)
+        self._pending_tokens.clear()
+
     # ------------------------------------------------------------------ requests
     def _parse(self, request, sender, arrival_ns):
         raw = request.parameters()
@@ -171,68 +214,164 @@ class TritonPythonModel:
         unknown = sorted(set(extra) - KNOWN_PARAMETERS)
         if unknown:
             raise BadRequest(f"unknown request parameter(s) {unknown}: the griffin model takes its settings as input tensors")
-        ids_t = pb_utils.get_input_tensor_by_name(request, "input_ids")
-        if ids_t is None:
+        for name, spec in self.compat.BY_GRIFFIN.items():
+            if spec.policy == self.compat.USE:
+                continue
+            a = _tensor(request, name)
+            if a is None:
+                continue
+            note = self.compat.check_unsupported(spec, a)  # raises ValueError for a refused value
+            if note and name not in self._noted:
+                self._noted.add(name)
+                pb_utils.Logger.log_info(f"griffin: {note}")
+        ids = _tensor(request, "input_ids")
+        if ids is None:
             raise BadRequest("input_ids is required")
-        ids = ids_t.as_numpy()
         if ids.ndim != 2 or ids.shape[0] != 1:
             raise BadRequest(f"input_ids must have shape [1, length] (one prompt per request), got {list(ids.shape)}")
         length = _scalar(request, "input_lengths", ids.shape[1], int)
         if not 0 <= length <= ids.shape[1]:
             raise BadRequest(f"input_lengths = {length} but input_ids holds {ids.shape[1]} tokens")
-        # issue 11: every value goes through griffin_trt.request_rules, as in `griffin-trt generate`
+        # Every value through griffin_trt.request_rules, as in `griffin-trt generate`.
         rules = self.rules
-        prompt = rules.check_prompt_ids(ids[0, :length], self.max_input_len, self.vocab)
-        j = _Job()
-        j.request, j.sender, j.prompt = request, sender, prompt
-        j.max_tokens = rules.check_max_tokens(_scalar(request, "request_output_len", None, int), self.max_output_len)
-        j.temperature = rules.check_temperature(_scalar(request, "temperature", 0.0, float))
-        j.top_p = rules.check_top_p(_scalar(request, "runtime_top_p", 1.0, float))
-        j.top_k = rules.check_top_k(_scalar(request, "runtime_top_k", 0, int))
-        j.seed = rules.check_seed(_scalar(request, "random_seed", None, int))
-        j.end_id = rules.check_end_id(_scalar(request, "end_id", None, int), self.vocab)
-        j.stream = _scalar(request, "streaming", False, bool)
-        j.speculative = _scalar(request, "speculative", True, bool)
-        j.arrival_ns, j.first_ns, j.last_ns = arrival_ns, None, None
-        j.sent, j.alive = 0, True
-        j.ctx = prompt[-self.detok.CONTEXT_TOKENS:]  # issue 11: ids before the next chunk, for postprocessing
-        return j
+        prompt = rules.check_prompt_ids(ids[0, :length], self.limits.max_input_len, self.vocab)
+        max_tokens = rules.check_max_tokens(_scalar(request, "request_output_len", None, int), self.limits.max_output_len)
+        seed = _scalar(request, "seed", None, int)
+        seed = _scalar(request, "random_seed", seed, int)
+        end_id = rules.check_end_id(_scalar(request, "end_id", None, int), self.vocab)
+        sampling = self.SamplingParams(
+            temperature=_scalar(request, "temperature", 0.0, float),
+            top_p=_scalar(request, "runtime_top_p", 1.0, float),
+            top_k=_scalar(request, "runtime_top_k", 0, int),
+            seed=seed,
+        )
+        sampling.validate()
+        req = self.Request(
+            prompt=prompt,
+            max_new_tokens=max_tokens,
+            sampling=sampling,
+            speculative=_scalar(request, "speculative", True, bool),
+            stop_ids=frozenset() if end_id is None else frozenset([end_id]),
+            stop_strings=_strings(request, "stop_words"),
+            arrival_time_ns=arrival_ns,
+        )
+        stream = _scalar(request, "streaming", False, bool)
+        # TensorRT-LLM's rule: unary outputs include the prompt unless excluded; streams never do.
+        include_prompt = not stream and not _scalar(request, "exclude_input_in_output", False, bool)
+        job = _Job(req, sender, stream, include_prompt, self.detok.CONTEXT_TOKENS)
+        req.on_tokens = lambda new, job=job: self._on_tokens(job, new)
+        req.on_finish = lambda _req, job=job: self._on_finish(job)
+        return job
+
+    def execute(self, requests):
+        for request in requests:
+            arrival = time.time_ns()
+            sender = request.get_response_sender()
+            try:
+                job = self._parse(request, sender, arrival)
+                with self._jobs_lock:
+                    self._jobs[id(job.req)] = job
+                try:
+                    self.scheduler.submit(job.req)  # validates (runtime rules), then queues
+                except BaseException:
+                    with self._jobs_lock:
+                        self._jobs.pop(id(job.req), None)
+                    raise
+            except ValueError as e:  # BadRequest, the runtime's request rules, TensorRT-LLM inputs
+                self._error(sender, str(e))
+                self._count("none", None, "rejected")
+            except Exception as e:  # a bug: this request fails, the others are served
+                pb_utils.Logger.log_error(f"griffin: could not queue a request: {traceback.format_exc()}")
+                self._error(sender, f"internal error: {type(e).__name__}: {e}")
+                self._count("none", None, "failed")
+        return None
+
+    # ------------------------------------------------------------------ the scheduler thread
+    def _loop(self):
+        while not self._stop.is_set():
+            if not self.scheduler.wait_for_work(timeout=0.2):
+                continue
+            self._poll_cancelled()
+            try:
+                self.scheduler.step()
+            except Exception:  # every request in flight was ended with the error; keep serving
+                pb_utils.Logger.log_error(f"griffin: decode step failed: {traceback.format_exc()}")
+            self._flush_tokens()
+
+    def _poll_cancelled(self):
+        with self._jobs_lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            if not job.req.cancelled and (not job.alive or job.sender.is_cancelled()):
+                self.scheduler.cancel(job.req)
+
+    def _on_tokens(self, job, new):
+        self._pending_tokens[job.mode] = self._pending_tokens.get(job.mode, 0) + len(new)
+        if not job.stream:
+            return
+        self._send(job, pb_utils.InferenceResponse(output_tensors=self._tensors(job, new)))
+        job.sent += len(new)
+        job.ctx = self.detok.next_context(job.ctx, new)
+
+    def _on_finish(self, job):
+        with self._jobs_lock:
+            self._jobs.pop(id(job.req), None)
+        req, res = job.req, job.req.result
+        reason = res.finish_reason
+        if reason == "cancelled":
+            self._count(job.mode, res, "cancelled")
+            self._error(job.sender, "the request was cancelled", cancelled=True)
+            return
+        if reason == "error":
+            self._count(job.mode, res, "failed")
+            self._error(job.sender, f"internal error during generation: {req.error}")
+            return
+        ids = [int(t) for t in res.token_ids]
+        if job.stream:
+            rest = ids[job.sent:]
+        elif job.include_prompt:
+            rest, job.ctx = req.prompt + ids, []  # postprocessing decodes the whole text
+        else:
+            rest = ids
+        self._send(job, pb_utils.InferenceResponse(output_tensors=self._tensors(job, rest, res)), flags=FINAL)
+        self._count(job.mode, res, "ok")
 
     def _send(self, job, response, flags=0):
         if not job.alive:
             return
         try:
             job.sender.send(response, flags=flags)
-        except Exception:  # the client went away: stop sending to it, keep decoding the batch
+        except Exception:  # the client went away: its row is cancelled before the next step
             job.alive = False
+            self.scheduler.cancel(job.req)
             pb_utils.Logger.log_warn(f"griffin: dropping a response: {traceback.format_exc(limit=1)}")
 
     def _tensors(self, job, ids, res=None):
         ids = np.asarray(ids, dtype=np.int32).reshape(1, -1)
+        req = job.req
         t = [
             pb_utils.Tensor("output_ids", ids),
             pb_utils.Tensor("sequence_length", np.array([[ids.shape[1]]], np.int32)),
-            # issue 11: postprocessing decodes context_ids + output_ids minus context_ids and holds back an
-            # unfinished character unless is_final (the last response of the request)
             pb_utils.Tensor("context_ids", np.asarray(job.ctx, np.int32).reshape(1, -1)),
             pb_utils.Tensor("is_final", np.array([[res is not None]], np.bool_)),
         ]
+        r = req.result
         if res is None:  # an intermediate streamed chunk: stats are zero until the last response
             acc_len = acc_rate = 0.0
             i32 = dict.fromkeys(STAT_NAMES_INT32, 0)
             per_pos = []
-            times = (job.arrival_ns, job.first_ns or 0, job.last_ns or 0)
         else:
-            acc_len = float(res.acceptance_length)
-            acc_rate = float(res.accepted_draft_tokens) / res.draft_tokens if res.draft_tokens else 0.0
+            acc_len, acc_rate = float(res.acceptance_length), float(res.acceptance_rate)
             i32 = {
                 "target_forwards": res.target_forwards,
                 "num_decode_steps": res.target_forwards,
                 "total_accepted_draft_tokens": res.accepted_draft_tokens,
                 "total_draft_tokens": res.draft_tokens,
+                "num_input_tokens": len(req.prompt),
+                "num_output_tokens": len(res.token_ids),
             }
             per_pos = list(res.accepted_per_position or [])
-            times = (job.arrival_ns, job.first_ns, job.last_ns)
+        times = (r.arrival_time_ns, r.first_token_time_ns, r.last_token_time_ns, r.scheduled_time_ns)
         t.append(pb_utils.Tensor("acceptance_length", np.array([[acc_len]], np.float32)))
         t.append(pb_utils.Tensor("acceptance_rate", np.array([[acc_rate]], np.float32)))
         for name in STAT_NAMES_INT32:
@@ -242,81 +381,20 @@ class TritonPythonModel:
             t.append(pb_utils.Tensor(name, np.array([[int(v)]], np.int64)))
         return t
 
-    def _error(self, job_or_sender, msg):
-        sender = job_or_sender.sender if isinstance(job_or_sender, _Job) else job_or_sender
+    def _error(self, sender, msg, cancelled=False):
+        code = getattr(pb_utils.TritonError, "CANCELLED", None) if cancelled else None
+        err = pb_utils.TritonError(msg, code) if code is not None else pb_utils.TritonError(msg)
         try:
-            sender.send(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(msg)), flags=FINAL)
-        except Exception:
+            sender.send(pb_utils.InferenceResponse(output_tensors=[], error=err), flags=FINAL)
+        except Exception:  # the client is gone
             pass
 
-    def _run(self, jobs):
-        def on_tokens(row, new_ids):
-            job = jobs[row]
-            now = time.time_ns()
-            if not new_ids:
-                return
-            if job.first_ns is None:
-                job.first_ns = now
-            job.last_ns = now
-            if job.stream:
-                new_ids = [int(t) for t in new_ids]
-                self._send(job, pb_utils.InferenceResponse(output_tensors=self._tensors(job, new_ids)))
-                job.sent += len(new_ids)
-                job.ctx = self.detok.next_context(job.ctx, new_ids)  # issue 11
-
-        first = jobs[0]
-        sampling = self.SamplingParams(temperature=first.temperature, top_p=first.top_p, top_k=first.top_k, seed=first.seed)
-        try:
-            results = self.runtime.decoder.generate(
-                [j.prompt for j in jobs],
-                max_new_tokens=first.max_tokens,
-                sampling=sampling,
-                speculative=first.speculative,
-                stop_ids=None if first.end_id is None else [first.end_id],
-                on_tokens=on_tokens,
-            )
-        except ValueError as e:
-            for j in jobs:
-                self._error(j, str(e))
-                self._count(j, None, "rejected")
-            return
-        except Exception as e:
-            pb_utils.Logger.log_error(f"griffin: generation failed: {traceback.format_exc()}")
-            for j in jobs:
-                self._error(j, f"internal error during generation: {type(e).__name__}: {e}")
-                self._count(j, None, "failed")
-            return
-        for job, res in zip(jobs, results):
-            ids = [int(t) for t in res.token_ids]
-            now = time.time_ns()
-            if job.first_ns is None:  # no streaming callback reached us: the batch finished in one go
-                job.first_ns = job.last_ns = now
-            if job.stream:
-                rest = ids[job.sent:]
-                if rest:
-                    job.last_ns = now
-            else:
-                rest = ids
-            self._send(job, pb_utils.InferenceResponse(output_tensors=self._tensors(job, rest, res)), flags=FINAL)
-            self._count(job, res, "ok")
-
-    def execute(self, requests):
-        arrival = time.time_ns()
-        groups = OrderedDict()
-        for request in requests:
-            sender = request.get_response_sender()
-            try:
-                job = self._parse(request, sender, arrival)
-            except ValueError as e:  # BadRequest, request_rules.RequestError (issue 11)
-                self._error(sender, str(e))
-                self._count(None, None, "rejected")
-                continue
-            groups.setdefault(job.key(), []).append(job)
-        with self._lock:
-            for jobs in groups.values():
-                for i in range(0, len(jobs), self.max_batch):
-                    self._run(jobs[i:i + self.max_batch])
-        return None
-
     def finalize(self):
+        self._stop.set()
+        self._thread.join(timeout=30)
+        with self._jobs_lock:
+            jobs = list(self._jobs.values())
+            self._jobs.clear()
+        for job in jobs:
+            self._error(job.sender, "the griffin model is shutting down")
         self.runtime = None
