@@ -300,7 +300,7 @@ def test_streamed_text_equals_unary_text(server):
 
 
 def test_settings_over_http(server):
-    body = {"text_input": "héllo", "max_tokens": 4}
+    body = {"text_input": "héllo", "max_tokens": 4, "exclude_input_in_output": True}
     status, text = _http(server, "generate", {**body, "end_id": -1})
     assert status == 200 and len(json.loads(text)["output_ids"]) == 4, text
     for bad in (VOCAB, -2):
