@@ -164,8 +164,8 @@ class _NoRowSelection(Executor):
     def reset(self, batch):
         self.inner.reset(batch)
 
-    def target_step(self, *a):
-        return self.inner.target_step(*a)
+    def target_step(self, *a, **kw):
+        return self.inner.target_step(*a, **kw)
 
     def draft_step(self, *a):
         return self.inner.draft_step(*a)
