@@ -155,4 +155,4 @@ def test_demo_pair_loads_through_release_loader(repo_root):
     pair = load_pair(r.target, r.drafter, top_k=r.tree.top_k)
     assert pair.drafter.config.hidden_size == pair.target.hidden_size
     assert (r.drafter / "config.json").is_file()
-    assert sum(f.stat().st_size for f in r.target.parent.rglob("*.safetensors")) < 25 * 2**20
+    assert sum(f.stat().st_size for f in r.target.parent.rglob("*.safetensors")) < 80e6  # committed-size budget

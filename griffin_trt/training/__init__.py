@@ -7,7 +7,7 @@ Modules: config (every setting), command (the CLI), corpus (prompts), selfdistil
 cached data), multipass + losses + loop (GRIFFIN's stages), export (released layout), evaluate
 (tau through the runtime), pipeline (the whole run).
 """
-from .config import TrainConfig, TrainConfigError
-from .pipeline import TrainError, train
+from .config import TrainConfig, TrainConfigError, TrainError
+from .pipeline import train
 
 __all__ = ["TrainConfig", "TrainConfigError", "TrainError", "train"]

@@ -7,7 +7,7 @@ import sys
 import typing
 from pathlib import Path
 
-from .config import TrainConfig, TrainConfigError
+from .config import TrainConfig, TrainConfigError, TrainError
 
 DESCRIPTION = """\
 Train a GRIFFIN drafter (arXiv 2502.11018) for a target checkpoint, by self-distillation:
@@ -65,7 +65,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .pipeline import TrainError, train
+    from .pipeline import train
 
     try:
         report = train(config_from_args(args).validate())

@@ -14,6 +14,10 @@ class TrainConfigError(ValueError):
     """A training setting that cannot be used, named with the reason."""
 
 
+class TrainError(ValueError):
+    """Training cannot start or continue; the message says why and what to do."""
+
+
 def _opt(default, help: str, **kw):
     return field(default=default, metadata={"help": help, **kw})
 

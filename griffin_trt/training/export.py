@@ -18,6 +18,7 @@ import torch
 
 from ..models.drafter import DrafterConfig, GriffinDrafter
 from ..models.target import TORCH_DTYPES
+from .config import TrainError
 
 WEIGHT_NAMES = {"bin": "pytorch_model.bin", "safetensors": "model.safetensors"}
 
@@ -77,8 +78,6 @@ def write_drafter(drafter: GriffinDrafter, config: dict, out: Path, weights_form
     """Write config.json + weights into `out`, replacing an earlier drafter there only once complete."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
-        from .pipeline import TrainError
-
         raise TrainError(f"refusing to write into {out}: it exists and does not hold a drafter (no config.json)")
     dtype = TORCH_DTYPES[config["torch_dtype"]]
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in drafter.state_dict().items()}

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .config import TrainError
 from .losses import LossWeights, next_pass_keep, pass_loss, target_view
 from .multipass import run_passes
 from .shards import ShardData
@@ -84,8 +85,6 @@ class Trainer:
         if state["fingerprint"] != self.fingerprint:
             diff = sorted(k for k in set(state["fingerprint"]) | set(self.fingerprint)
                           if state["fingerprint"].get(k) != self.fingerprint.get(k))
-            from .pipeline import TrainError
-
             raise TrainError(f"{path} was made with other training settings ({', '.join(diff)}); "
                              "use another --work-dir or delete that checkpoint")
         missing = self.drafter.load_state_dict(state["drafter"], strict=False)

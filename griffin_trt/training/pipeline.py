@@ -8,11 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import TrainConfig
-
-
-class TrainError(ValueError):
-    """Training cannot start or continue; the message says why and what to do."""
+from .config import TrainConfig, TrainError
 
 
 def _setup(cfg: TrainConfig):

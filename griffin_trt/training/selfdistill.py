@@ -30,8 +30,9 @@ def continue_prompts(hf, prompts: list[list[int]], new_tokens: int, temperature:
 
     sample = temperature > 0
     # A fresh generation config: the checkpoint's own (sampling defaults, max_length) must not leak in.
-    gen = GenerationConfig(max_new_tokens=new_tokens, do_sample=sample, temperature=temperature if sample else 1.0,
-                           top_p=1.0, top_k=0, eos_token_id=stop_ids or None, pad_token_id=pad_id)
+    sampling = dict(temperature=temperature, top_p=1.0, top_k=0) if sample else {}
+    gen = GenerationConfig(max_new_tokens=new_tokens, do_sample=sample, eos_token_id=stop_ids or None,
+                           pad_token_id=pad_id, **sampling)
     out = hf.generate(ids.to(device), attention_mask=attn.to(device), generation_config=gen)[:, width:].tolist()
     stops = set(stop_ids)
     result = []
