@@ -37,7 +37,8 @@ class TrainConfig:
     prompt_tokens: int = _opt(128, "window length for text files; longest prompt kept for .jsonl (left-truncated)")
     new_tokens: int = _opt(128, "tokens the target generates per prompt (stops early at an end token)")
     temperature: float = _opt(0.0, "self-distillation sampling temperature (0: the target's greedy output)")
-    chat: bool = _opt(False, "wrap each prompt in the tokenizer's chat template as a user turn")
+    chat: bool = _opt(False, "wrap each .jsonl 'prompt'/'text' in the tokenizer's chat template as a user turn "
+                             "('messages' always use it; text-file windows never do)")
     prompt_loss: bool = _opt(False, "also train on prompt positions (default: only on what the target generated)")
     gen_batch: int = _opt(16, "prompts generated together")
     shard_size: int = _opt(256, "sequences per data shard (the unit of data resume)")
