@@ -11,7 +11,7 @@ TORCH_VERSION ?= 2.13.0
 # (for example https://download.pytorch.org/whl/cpu); empty: the configured index/find-links.
 TORCH_CPU_INDEX ?=
 
-.PHONY: venv engines generate serve bench test test-gpu device-wheels device-check clean help
+.PHONY: venv engines generate serve bench test test-gpu demo-pair device-wheels device-check clean help
 
 help:
 	@echo "make engines  [RECIPE=build/demo.toml]  build graphs/engines + filled triton_repo"
@@ -19,6 +19,7 @@ help:
 	@echo "make serve    [RECIPE=...]              start tritonserver on the built repository"
 	@echo "make bench    [RECIPE=...] [ARGS=...]   gRPC benchmark: GRIFFIN vs plain decoding"
 	@echo "make generate [ARGS='--prompt ...']     one generation from the command line"
+	@echo "make demo-pair [ARGS='--out DIR']       remake the demo pair from scratch (~1 h on 2 CPU cores)"
 	@echo "make device-wheels                      download the wheels the GPU host lacks into .whl/"
 	@echo "make device-check [OUT=out/device-check] GPU tests + benchmarks, one JSON + markdown (CPU: small shapes)"
 
@@ -51,6 +52,10 @@ bench: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra $(ARGS)
+
+# Rewrites griffin_trt/demo/{target,drafter,README.md} unless ARGS names another --out; resumable.
+demo-pair: $(STAMP)
+	$(BIN)/python scripts/train_demo.py $(ARGS)
 
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "gpu or tensorrt" $(ARGS)

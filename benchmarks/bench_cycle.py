@@ -81,13 +81,6 @@ SHAPES = {
         drafter_inter=11008, drafter_heads=32, drafter_kv_heads=32, draft_vocabs=(), context=1024,
         source="vicuna-7b-v1.5 config.json; its released GRIFFIN drafter",
     ),
-    # The demo pair's shapes (griffin_trt/demo/*/config.json, its recipe's cache sizes): its drafter
-    # pass with and without a reduced draft vocabulary, timed apart from the loop.
-    "demo": Shape(
-        vocab=2048, hidden=256, layers=4, heads=4, kv_heads=2, inter=704, rope_theta=10000.0, max_pos=1024,
-        drafter_inter=768, drafter_heads=4, drafter_kv_heads=4, draft_vocabs=(512, 1024), context=256,
-        source="griffin_trt/demo target and drafter configs (random weights)",
-    ),
     # CPU: the same code path at a size a CI machine runs in seconds (GQA, a vocabulary 16x smaller
     # than LLaMA-3's, reduced vocabularies at the same 1/8 and 1/4 ratios as 16k and 32k of 128k).
     "small": Shape(
@@ -96,6 +89,24 @@ SHAPES = {
         source="a small LLaMA-3-like shape for CPU runs",
     ),
 }
+
+
+
+def _demo_shape() -> Shape:
+    """The demo pair's shapes, read from its configs: its drafter pass with and without a reduced
+    draft vocabulary, timed apart from the loop."""
+    t = json.loads((REPO / "griffin_trt/demo/target/config.json").read_text())
+    d = json.loads((REPO / "griffin_trt/demo/drafter/config.json").read_text())
+    return Shape(
+        vocab=t["vocab_size"], hidden=t["hidden_size"], layers=t["num_hidden_layers"], heads=t["num_attention_heads"],
+        kv_heads=t["num_key_value_heads"], inter=t["intermediate_size"], rope_theta=d["rope_theta"],
+        max_pos=t["max_position_embeddings"], drafter_inter=d["intermediate_size"], drafter_heads=d["num_attention_heads"],
+        drafter_kv_heads=d["num_key_value_heads"], draft_vocabs=(t["vocab_size"] // 4, t["vocab_size"] // 2), context=256,
+        source="griffin_trt/demo target and drafter configs (random weights)",
+    )
+
+
+SHAPES["demo"] = _demo_shape()
 
 # Published batch-1 figures on one H100 with an 8B target (DESIGN.md "Numbers to respect"): quoted,
 # not measured here.

@@ -7,6 +7,10 @@ forward), and whether the greedy outputs were identical (they must be).
     python benchmarks/bench_speculative.py --recipe build/demo.toml [--backend torch|onnxruntime]
         [--prompts demo-heldout|PATH.jsonl] [--num-prompts 20] [--max-new-tokens 128] [--json out.json]
         [--threads N] [--tree K,DEPTH,TOTAL] [--draft-vocab N [--token-counts TABLE.json]]
+    python benchmarks/bench_speculative.py --sweep 10,5,60 6,5,20 4,4,12 ...   # choose a recipe's tree
+
+`--sweep` decodes every prompt plainly once and with each tree, side by side in one run, and ranks
+the trees by GRIFFIN/plain tokens-per-second ratio (how the demo recipe's tree was chosen).
 
 `--draft-vocab N` drafts among the N most frequent ids of the token-counts table (default: the demo
 pair's, griffin_trt/demo/token_counts.json); the summary's `draft_pass_ms` is the median wall time
@@ -77,6 +81,52 @@ class PassTimer:
         return statistics.median(self.marks)
 
 
+def parse_tree(text: str) -> TreeConfig:
+    k, depth, total = (int(x) for x in text.split(","))
+    return TreeConfig(top_k=k, depth=depth, total_tokens=total)
+
+
+def sweep(rt, recipe, trees: list[TreeConfig], prompts: list[dict], args) -> int:
+    """Per prompt: plain once, then every tree (same executor, caches, prompts); rank the trees."""
+    decoders = [SpeculativeDecoder(rt.decoder.ex, t, recipe.limits, rt.eos_ids) for t in trees]
+    greedy = SamplingParams()
+    n_new = min(args.max_new_tokens, recipe.limits.max_output_len)
+    for p in prompts[: args.warmup]:
+        for dec in [rt.decoder, *decoders]:
+            dec.generate([p["ids"]], 8, greedy, speculative=dec is not rt.decoder)
+    plain = {"tokens": 0, "seconds": 0.0}
+    stats = [{"tokens": 0, "seconds": 0.0, "forwards": 0, "identical": 0} for _ in trees]
+    for p in tqdm(prompts, desc="prompts", unit="prompt"):
+        t0 = time.perf_counter()
+        ref = rt.decoder.generate([p["ids"]], n_new, greedy, speculative=False)[0]
+        plain["seconds"] += time.perf_counter() - t0
+        plain["tokens"] += len(ref.token_ids)
+        for dec, st in zip(decoders, stats):
+            t0 = time.perf_counter()
+            r = dec.generate([p["ids"]], n_new, greedy, speculative=True)[0]
+            st["seconds"] += time.perf_counter() - t0
+            st["tokens"] += len(r.token_ids)
+            st["forwards"] += r.target_forwards
+            st["identical"] += r.token_ids == ref.token_ids
+    plain_tok_s = plain["tokens"] / plain["seconds"]
+    rows = []
+    for t, st in zip(trees, stats):
+        tok_s = st["tokens"] / st["seconds"]
+        rows.append({"tree": f"{t.top_k},{t.depth},{t.total_tokens}", "griffin_tok_s": tok_s, "speedup": tok_s / plain_tok_s,
+                     "acceptance_length": (st["tokens"] - len(prompts)) / st["forwards"], "identical": st["identical"]})
+    rows.sort(key=lambda r: -r["speedup"])
+    print(f"\nplain: {plain_tok_s:.1f} tok/s over {len(prompts)} prompts x {n_new} tokens, {torch.get_num_threads()} threads")
+    print(f"{'tree (k,depth,total)':<22}{'GRIFFIN tok/s':>15}{'ratio':>8}{'tau':>7}{'same':>7}")
+    for r in rows:
+        print(f"{r['tree']:<22}{r['griffin_tok_s']:>15.1f}{r['speedup']:>8.2f}{r['acceptance_length']:>7.2f}"
+              f"{r['identical']:>4}/{len(prompts)}")
+    if args.json:
+        env = {"recipe": str(args.recipe), "backend": args.backend, "threads": torch.get_num_threads(),
+               "cpu": platform.processor() or platform.machine(), "torch": torch.__version__, "max_new_tokens": n_new}
+        args.json.write_text(json.dumps({"env": env, "plain_tok_s": plain_tok_s, "trees": rows}, indent=1))
+    return 0 if all(r["identical"] == len(prompts) for r in rows) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", type=Path, default=REPO / "build" / "demo.toml")
@@ -90,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--tree", default=None, metavar="K,DEPTH,TOTAL",
                     help="another dynamic tree (top_k <= the recipe's) on the same executor, e.g. 1,6,7")
+    ap.add_argument("--sweep", nargs="+", default=None, metavar="K,DEPTH,TOTAL",
+                    help="trees to compare side by side (instead of --tree)")
     ap.add_argument("--draft-vocab", type=int, default=None, metavar="N",
                     help="draft among the N most frequent ids of --token-counts (torch back end)")
     ap.add_argument("--token-counts", type=Path, default=DEMO_TOKEN_COUNTS)
@@ -101,13 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     recipe = load_recipe(args.recipe)
     if args.draft_vocab is not None:
         recipe = dataclasses.replace(recipe, draft_vocab=args.draft_vocab, token_counts=args.token_counts.resolve())
+    trees = [parse_tree(t) for t in (args.sweep or ([args.tree] if args.tree else []))]
+    if trees and args.backend == "torch":  # size the drafter's top-k and the caches for every tree asked for
+        recipe = dataclasses.replace(recipe, tree=TreeConfig(
+            top_k=max(t.top_k for t in trees), depth=max(t.depth for t in trees),
+            total_tokens=max(t.total_tokens for t in trees)))
     rt = load_runtime(recipe, build_dir=args.build_dir, backend=args.backend, device=args.device)
     tree = recipe.tree
     if args.tree:
-        k, depth, total = (int(x) for x in args.tree.split(","))
-        tree = TreeConfig(top_k=k, depth=depth, total_tokens=total)
+        tree = trees[0]
         rt.decoder = SpeculativeDecoder(rt.decoder.ex, tree, recipe.limits, rt.eos_ids)
     prompts = load_prompts(args.prompts, rt, args.num_prompts)
+    if args.sweep:
+        return sweep(rt, recipe, trees, prompts, args)
     timer = PassTimer(rt.decoder.ex, tree.top_k)
     if not tree.choices:
         rt.decoder.ex.draft_step = timer

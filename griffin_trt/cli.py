@@ -1,4 +1,4 @@
-"""`griffin-trt`: build / draft-vocab / generate / serve / bench / client.
+"""`griffin-trt`: build / draft-vocab / generate / serve / bench / client / train.
 
 Subcommands live with the code they drive; each module's `register(subparsers)` adds its parser.
 Heavy imports (torch, onnx, tritonclient) happen inside the commands, so `--help` stays fast.
@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "griffin_trt.serving.server",
     "griffin_trt.client.bench",
     "griffin_trt.client.client",
+    "griffin_trt.training.command",
 )
 
 

@@ -56,7 +56,8 @@ def plan(mode: str) -> list[tuple[str, int, list[str]]]:
     gpu = mode == "gpu"
     dev = "cuda" if gpu else "cpu"
     spec = ["benchmarks/bench_speculative.py", "--device", dev, "--backend", "torch"]
-    spec += ["--num-prompts", "20", "--max-new-tokens", "128"] if gpu else ["--num-prompts", "2", "--max-new-tokens", "24", "--warmup", "1", "--threads", "1"]
+    # GPU: GRIFFIN's default tree (the demo recipe's chain is what a CPU wants)
+    spec += ["--num-prompts", "20", "--max-new-tokens", "128", "--tree", "10,5,60"] if gpu else ["--num-prompts", "2", "--max-new-tokens", "24", "--warmup", "1", "--threads", "1"]
     cycle = ["benchmarks/bench_cycle.py", "--device", dev]
 
     def cycle_step(shape: str, cap: int, *extra: str):

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from griffin_trt.recipe import RecipeError, load_recipe, recipe_from_dict
+from griffin_trt.recipe import RecipeError, TreeConfig, load_recipe, recipe_from_dict
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -16,12 +16,16 @@ def write(tmp_path: Path, text: str) -> Path:
 BASE = '[model]\ntarget = "t"\ndrafter = "d"\n'
 
 
-def test_demo_recipe_parses_with_griffin_defaults(repo_root):
+def test_griffin_default_tree():
+    assert (TreeConfig().top_k, TreeConfig().depth, TreeConfig().total_tokens) == (10, 5, 60)
+
+
+def test_demo_recipe_parses_with_its_cpu_chain(repo_root):
     r = load_recipe(repo_root / "build" / "demo.toml")
-    assert (r.tree.top_k, r.tree.depth, r.tree.total_tokens) == (10, 5, 60)
+    assert (r.tree.top_k, r.tree.depth, r.tree.total_tokens) == (1, 5, 6)  # measured fastest on CPU
     assert r.target.is_dir() and r.drafter.is_dir()
-    assert r.target_kv_len == r.limits.max_input_len + r.limits.max_output_len + 60
-    assert r.drafter_kv_len == r.limits.max_seq_len + 7 + 50
+    assert r.target_kv_len == r.limits.max_input_len + r.limits.max_output_len + 6
+    assert r.drafter_kv_len == r.limits.max_seq_len + 7 + 5  # accepted path + bonus, and 5 chain nodes
 
 
 def test_relative_paths_resolve_against_recipe_folder(tmp_path):

@@ -8,7 +8,6 @@ reason, where the tritonserver binary cannot run here.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
 import socket

@@ -18,71 +18,26 @@ import numpy as np
 import pytest
 
 from griffin_trt.client.client import GriffinClient
-from test_serving_server import make_char_tokenizer
+from serving_helpers import greedy_reference, serve_tiny_deployment
 
 pytestmark = pytest.mark.server
 
-VOCAB = 96
 MAX_IN, MAX_OUT = 256, 256
 LOAD_S = float(os.environ.get("GRIFFIN_LOAD_S", 60))
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    from tiny_models import make_drafter, make_target
-
-    from griffin_trt.recipe import recipe_from_dict
-    from griffin_trt.serving.repository import fill_repository
-    from griffin_trt.serving.server import ServerError, TritonServer, check_runnable, find_tritonserver
-
-    try:
-        check_runnable(find_tritonserver())
-    except ServerError as e:
-        pytest.skip(f"tritonserver cannot run here: {e}")
-    root = tmp_path_factory.mktemp("inflight")
-    target = make_target(root / "target", vocab=VOCAB)
-    make_drafter(root / "drafter", target=target)
-    make_char_tokenizer(root / "target")
-    recipe = recipe_from_dict({
-        "name": "tiny", "model": {"target": "target", "drafter": "drafter"},
-        "tree": {"top_k": 4, "depth": 3, "total_tokens": 12},
-        "limits": {"max_batch": 8, "max_input_len": MAX_IN, "max_output_len": MAX_OUT},
-        "schedule": {"budgets": [{"batch": 3, "total_tokens": 6, "depth": 2}, {"batch": 6, "total_tokens": 1}]},
-        "build": {"backend": "torch", "device": "cpu", "output_dir": "out"},
-    }, base=root)
-    repo = fill_repository(recipe, recipe.output_dir)
-    server = TritonServer(repo, log_path=root / "tritonserver.log")
-    try:
-        server.start(timeout=240)
-    except ServerError as e:
-        pytest.fail(f"tritonserver did not start: {e}")
-    yield {"server": server, "recipe": recipe, "root": root}
-    server.stop()
-    assert not server.is_alive()
+    yield from serve_tiny_deployment(
+        tmp_path_factory.mktemp("inflight"), {"max_batch": 8, "max_input_len": MAX_IN, "max_output_len": MAX_OUT},
+        {"budgets": [{"batch": 3, "total_tokens": 6, "depth": 2}, {"batch": 6, "total_tokens": 1}]},
+    )
 
 
 @pytest.fixture(scope="module")
 def reference(deployment):
     """transformers' own greedy decoding of the tiny target (the lossless ground truth)."""
-    import torch
-    from runtime_helpers import hf_greedy
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    model = LlamaForCausalLM.from_pretrained(deployment["root"] / "target").eval()
-    tok = AutoTokenizer.from_pretrained(deployment["root"] / "target")
-    cache = {}
-    lock = threading.Lock()
-
-    def greedy(ids, n):
-        key = (tuple(ids), n)
-        with lock:
-            if key not in cache:
-                with torch.no_grad():
-                    cache[key] = hf_greedy(model, list(ids), n)
-            return cache[key]
-
-    greedy.tokenizer = tok
-    return greedy
+    return greedy_reference(deployment["root"])
 
 
 def metrics(deployment) -> dict[str, float]:

@@ -11,79 +11,24 @@ import numpy as np
 import pytest
 
 from griffin_trt.client.client import GriffinClient
+from serving_helpers import VOCAB, greedy_reference, serve_tiny_deployment
 
 pytestmark = pytest.mark.server
 
-VOCAB = 96
 MAX_IN, MAX_OUT = 256, 32
-
-
-def make_char_tokenizer(folder):
-    """A character tokenizer over printable ASCII (ids 0..94) + <unk> (95): offline, exact round trips."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {chr(c): c - 32 for c in range(32, 127)}
-    vocab["<unk>"] = 95
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tk.decoder = decoders.Fuse()
-    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>").save_pretrained(folder)
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    from tiny_models import make_drafter, make_target
-
-    from griffin_trt.recipe import recipe_from_dict
-    from griffin_trt.serving.repository import fill_repository
-    from griffin_trt.serving.server import ServerError, TritonServer, check_runnable, find_tritonserver
-
-    try:
-        check_runnable(find_tritonserver())
-    except ServerError as e:
-        pytest.skip(f"tritonserver cannot run here: {e}")
-    root = tmp_path_factory.mktemp("serving")
-    target = make_target(root / "target", vocab=VOCAB)
-    make_drafter(root / "drafter", target=target)
-    make_char_tokenizer(root / "target")
-    recipe = recipe_from_dict({
-        "name": "tiny", "model": {"target": "target", "drafter": "drafter"},
-        "tree": {"top_k": 4, "depth": 3, "total_tokens": 12},
-        "limits": {"max_batch": 4, "max_input_len": MAX_IN, "max_output_len": MAX_OUT},
-        "build": {"backend": "torch", "device": "cpu", "output_dir": "out"},
-    }, base=root)
-    repo = fill_repository(recipe, recipe.output_dir)
-    server = TritonServer(repo, log_path=root / "tritonserver.log")
-    try:
-        server.start(timeout=240)
-    except ServerError as e:
-        pytest.fail(f"tritonserver did not start: {e}")
-    yield {"server": server, "recipe": recipe, "root": root}
-    server.stop()
-    assert not server.is_alive()
+    yield from serve_tiny_deployment(
+        tmp_path_factory.mktemp("serving"), {"max_batch": 4, "max_input_len": MAX_IN, "max_output_len": MAX_OUT}
+    )
 
 
 @pytest.fixture(scope="module")
 def reference(deployment):
     """transformers' own greedy decoding of the tiny target (the lossless ground truth)."""
-    import torch
-    from runtime_helpers import hf_greedy
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    model = LlamaForCausalLM.from_pretrained(deployment["root"] / "target").eval()
-    tok = AutoTokenizer.from_pretrained(deployment["root"] / "target")
-    cache = {}
-
-    def greedy(ids, n):
-        key = (tuple(ids), n)
-        if key not in cache:
-            with torch.no_grad():
-                cache[key] = hf_greedy(model, list(ids), n)
-        return cache[key]
-
-    greedy.tokenizer = tok
-    return greedy
+    return greedy_reference(deployment["root"])
 
 
 PROMPTS = [[40, 69, 76, 76, 79], [3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 26, 43], [7]]

@@ -21,7 +21,7 @@ def heldout_prompts(tokenizer, n: int = 20, prompt_tokens: int = 128) -> list[li
     """Up to n prompts of prompt_tokens ids: OFFSETS windows of every held-out file, in order."""
     out = []
     for f in heldout_files():
-        ids = tokenizer.encode(f.read_text(), add_special_tokens=False)
+        ids = tokenizer.encode(f.read_text(), add_special_tokens=False, verbose=False)
         for start in OFFSETS:
             window = ids[start : start + prompt_tokens]
             if len(window) == prompt_tokens:

@@ -214,7 +214,9 @@ def load_drafter(
     """Load a released GRIFFIN drafter folder (`config.json` + safetensors or `pytorch_model.bin`).
 
     Strict: a missing, extra or mis-shaped tensor is an error naming it. `embed_tokens.weight` may be
-    absent when `target_embedding` is given.
+    absent when `target_embedding` is given. With `qkv_bias: true`, absent q/k/v biases load as zeros:
+    GRIFFIN's Qwen2 release says `qkv_bias: true`, yet the reference's inference module has no q/k/v
+    bias and loads its file strictly, so that file holds none.
     """
     folder = Path(folder)
     cfg = DrafterConfig.from_dict(read_config(folder), folder / "config.json")
@@ -232,9 +234,12 @@ def load_drafter(
         model = GriffinDrafter(cfg)
     weights = read_weights(folder)
     optional = {"embed_tokens.weight"} if target_embedding is not None else set()
-    check_state_dict(model.expected_shapes(), weights, folder, optional)
+    qkv_biases = {f"layers.0.self_attn.{n}_proj.bias" for n in "qkv"} if cfg.qkv_bias else set()
+    check_state_dict(model.expected_shapes(), weights, folder, optional | qkv_biases)
     if "embed_tokens.weight" not in weights:
         weights["embed_tokens.weight"] = target_embedding
+    for name in qkv_biases - set(weights):
+        weights[name] = torch.zeros(model.expected_shapes()[name])
     model.load_state_dict({k: v.to(dtype) for k, v in weights.items()}, strict=True, assign=True)
     model.rotary = _rotary(cfg)  # buffers built off the meta device
     return model.eval().requires_grad_(False).to(device)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from ..recipe import Limits, TreeConfig, TreeSchedule
+from ..recipe import Limits, TreeConfig
 from .executors.base import Executor
 from .results import GenerationResult, SamplingParams
 from .scheduler import Request, Scheduler
@@ -19,18 +19,8 @@ TokenCallback = Callable[[int, list[int]], None]
 
 
 class SpeculativeDecoder:
-    def __init__(
-        self,
-        executor: Executor,
-        tree: TreeConfig,
-        limits: Limits,
-        eos_ids: Iterable[int] = (),
-        schedule: TreeSchedule = TreeSchedule(),
-        detokenize: Callable[[list[int]], str] | None = None,
-    ):
-        self.ex = executor
-        self.tree = tree
-        self.limits = limits
+    def __init__(self, executor: Executor, tree: TreeConfig, limits: Limits, *scheduler_args, **scheduler_kwargs):
+        """`scheduler_args`/`scheduler_kwargs`: the rest of `Scheduler`'s arguments (eos_ids, schedule, ...)."""
         spec = executor.spec
         need_k = max(c[-1] for c in tree.choices) + 1 if tree.choices else tree.top_k
         if spec.top_k < need_k:
@@ -42,7 +32,8 @@ class SpeculativeDecoder:
             )
         if spec.drafter_kv_len < limits.max_seq_len + tree.max_accept + tree.drafter_slots:
             raise ValueError(f"drafter cache of {spec.drafter_kv_len} slots is too small for these limits and tree")
-        self.scheduler = Scheduler(executor, tree, limits, eos_ids, schedule, detokenize)
+        self.ex, self.tree, self.limits = executor, tree, limits
+        self.scheduler = Scheduler(executor, tree, limits, *scheduler_args, **scheduler_kwargs)
 
     @property
     def eos_ids(self) -> frozenset[int]:
