@@ -14,7 +14,7 @@ from griffin_trt.recipe import TreeConfig, load_recipe
 from griffin_trt.runtime import load_runtime
 from runtime_helpers import hf_greedy
 
-NEW_TOKENS = 128  # per prompt, for tau
+NEW_TOKENS = 64  # per prompt, for tau
 DISTINCT_TOKENS = 64  # the continuation length the distinct-4-gram ratio is taken over
 
 
