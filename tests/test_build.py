@@ -347,8 +347,11 @@ def test_sigint_stops_a_build_cleanly(workspace, tmp_path):
     import signal
 
     out = tmp_path / "interrupted"
+    # A shell's background job (a CI runner's, `nohup make test &`) starts with SIGINT ignored, and the
+    # build would inherit that: give it the default disposition, as a terminal's Ctrl-C finds it.
     proc = subprocess.Popen(_build_cmd(workspace, out), cwd=Path(__file__).resolve().parents[1],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for_tmp(tmp_path, "interrupted", proc)
     os.kill(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
