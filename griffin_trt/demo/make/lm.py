@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...models.drafter import RMSNorm
+
 
 @dataclass(frozen=True)
 class LMShape:
@@ -37,58 +39,44 @@ class LMShape:
         return self.num_layers * layer + 2 * self.vocab_size * h + h
 
 
-class _Norm(nn.Module):
-    def __init__(self, size: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
-
-
 class _Layer(nn.Module):
     def __init__(self, s: LMShape):
         super().__init__()
         kv = s.num_kv_heads * s.head_dim
         self.s = s
-        self.input_layernorm = _Norm(s.hidden_size, s.rms_norm_eps)
+        self.input_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         self.qkv = nn.Linear(s.hidden_size, s.hidden_size + 2 * kv, bias=False)
         self.o_proj = nn.Linear(s.hidden_size, s.hidden_size, bias=False)
-        self.post_attention_layernorm = _Norm(s.hidden_size, s.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         self.gate_up = nn.Linear(s.hidden_size, 2 * s.intermediate_size, bias=False)
         self.down_proj = nn.Linear(s.intermediate_size, s.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         s = self.s
         b, t, _ = x.shape
         hd, kvh = s.head_dim, s.num_kv_heads
         q, k, v = self.qkv(self.input_layernorm(x)).split((s.hidden_size, kvh * hd, kvh * hd), dim=-1)
         q = _rope(q.view(b, t, s.num_heads, hd).transpose(1, 2), cos, sin)
         k = _rope(k.view(b, t, kvh, hd).transpose(1, 2), cos, sin)
-        v = v.view(b, t, kvh, hd).transpose(1, 2)
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kvh != s.num_heads)
-        x = x + self.o_proj(o.transpose(1, 2).reshape(b, t, s.hidden_size))
+        return q, k, v.view(b, t, kvh, hd).transpose(1, 2)
+
+    def _rest(self, x: torch.Tensor, q, k, v, causal: bool) -> torch.Tensor:
+        s = self.s
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=s.num_kv_heads != s.num_heads)
+        x = x + self.o_proj(o.transpose(1, 2).reshape(x.shape[0], x.shape[1], s.hidden_size))
         gate, up = self.gate_up(self.post_attention_layernorm(x)).chunk(2, dim=-1)
         return x + self.down_proj(F.silu(gate) * up)
 
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return self._rest(x, *self._qkv(x, cos, sin), causal=True)
+
     def forward_cached(self, x, cos, sin, cache: list) -> torch.Tensor:
         """Incremental decoding: appends this call's keys/values to `cache` ([k, v] or empty)."""
-        s = self.s
-        b, t, _ = x.shape
-        hd, kvh = s.head_dim, s.num_kv_heads
-        q, k, v = self.qkv(self.input_layernorm(x)).split((s.hidden_size, kvh * hd, kvh * hd), dim=-1)
-        q = _rope(q.view(b, t, s.num_heads, hd).transpose(1, 2), cos, sin)
-        k = _rope(k.view(b, t, kvh, hd).transpose(1, 2), cos, sin)
-        v = v.view(b, t, kvh, hd).transpose(1, 2)
+        q, k, v = self._qkv(x, cos, sin)
         if cache:
             k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
         cache[:] = [k, v]
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=kvh != s.num_heads)
-        x = x + self.o_proj(o.transpose(1, 2).reshape(b, t, s.hidden_size))
-        gate, up = self.gate_up(self.post_attention_layernorm(x)).chunk(2, dim=-1)
-        return x + self.down_proj(F.silu(gate) * up)
+        return self._rest(x, q, k, v, causal=x.shape[1] > 1)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -102,7 +90,7 @@ class TrainLM(nn.Module):
         self.s = s
         self.embed_tokens = nn.Embedding(s.vocab_size, s.hidden_size)
         self.layers = nn.ModuleList(_Layer(s) for _ in range(s.num_layers))
-        self.norm = _Norm(s.hidden_size, s.rms_norm_eps)
+        self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         self.lm_head = nn.Linear(s.hidden_size, s.vocab_size, bias=False)
         inv = 1.0 / (s.rope_theta ** (torch.arange(0, s.head_dim, 2, dtype=torch.float) / s.head_dim))
         self.register_buffer("inv_freq", inv, persistent=False)
