@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--tree", default=None, metavar="K,DEPTH,TOTAL",
-                    help="another dynamic tree (top_k <= the recipe's) on the same executor, e.g. 1,6,7")
+                    help="another dynamic tree, e.g. 10,5,60 (torch sizes the drafter for it; a built back end needs "
+                         "top_k <= the build's)")
     ap.add_argument("--sweep", nargs="+", default=None, metavar="K,DEPTH,TOTAL",
                     help="trees to compare side by side (instead of --tree)")
     ap.add_argument("--draft-vocab", type=int, default=None, metavar="N",
