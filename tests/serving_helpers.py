@@ -79,3 +79,41 @@ def greedy_reference(root):
 
     greedy.tokenizer = tok
     return greedy
+
+
+def infer_inputs(spec):
+    """tritonclient InferInputs from (name, array, Triton dtype) triples."""
+    import tritonclient.grpc as g
+
+    out = []
+    for name, arr, dt in spec:
+        t = g.InferInput(name, list(arr.shape), dt)
+        t.set_data_from_numpy(arr)
+        out.append(t)
+    return out
+
+
+def stream_responses(url, model, spec, params=None, until_final=False, timeout=120, cancel=False):
+    """Send one request on a gRPC stream of its own; return its (result, error) responses: the first
+    only, or (until_final) all of them up to the final response or the first error. The stream is
+    closed (cancelling the request when `cancel`) before this returns."""
+    import queue
+
+    import tritonclient.grpc as g
+
+    c = g.InferenceServerClient(url)
+    q = queue.Queue()
+    c.start_stream(callback=lambda result, error: q.put((result, error)))
+    got = []
+    try:
+        c.async_stream_infer(model, infer_inputs(spec), parameters=params, enable_empty_final_response=True)
+        while True:
+            result, error = q.get(timeout=timeout)
+            got.append((result, error))
+            if not until_final or error is not None:
+                return got
+            if result.get_response().parameters.get("triton_final_response").bool_param:
+                return got
+    finally:
+        c.stop_stream(cancel_requests=cancel)
+        c.close()

@@ -8,7 +8,6 @@ reason, where the tritonserver binary cannot run here.
 from __future__ import annotations
 
 import json
-import queue
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ import pytest
 
 from byte_bpe import MULTILINGUAL, make_byte_bpe_tokenizer
 from griffin_trt.client.client import GriffinClient
+from serving_helpers import infer_inputs, stream_responses
 
 pytestmark = pytest.mark.server
 
@@ -89,30 +89,9 @@ def server(workspace):
     s.stop()
 
 
-def _inputs(spec):
-    import tritonclient.grpc as g
-
-    out = []
-    for name, arr, dt in spec:
-        t = g.InferInput(name, list(arr.shape), dt)
-        t.set_data_from_numpy(arr)
-        out.append(t)
-    return out
-
-
 def _first_answer(url, spec, cancel=False, timeout=120):
-    """Open a stream, send one request, return (result, error) of its first response, close the stream."""
-    import tritonclient.grpc as g
-
-    c = g.InferenceServerClient(url)
-    q = queue.Queue()
-    c.start_stream(callback=lambda result, error: q.put((result, error)))
-    try:
-        c.async_stream_infer("ensemble", _inputs(spec), enable_empty_final_response=True)
-        return q.get(timeout=timeout)
-    finally:
-        c.stop_stream(cancel_requests=cancel)
-        c.close()
+    """(result, error) of the first response to one request on its own stream, then the stream closes."""
+    return stream_responses(url, "ensemble", spec, timeout=timeout, cancel=cancel)[0]
 
 
 def _text(s):
@@ -265,7 +244,7 @@ def test_postprocessing_holds_back_split_characters(server):
         spec = [("TOKENS_BATCH", np.array([new], np.int32).reshape(1, -1), "INT32"),
                 ("CONTEXT_IDS", np.array([context], np.int32).reshape(1, -1), "INT32"),
                 ("IS_FINAL", np.array([[last]]), "BOOL")]
-        r = c.infer("postprocessing", _inputs(spec))
+        r = c.infer("postprocessing", infer_inputs(spec))
         return r.as_numpy("OUTPUT").reshape(-1)[0].decode("utf-8")
 
     from griffin_trt.detokenize import next_context

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from griffin_trt.client.client import GriffinClient
-from serving_helpers import greedy_reference, serve_tiny_deployment
+from serving_helpers import greedy_reference, serve_tiny_deployment, stream_responses
 
 pytestmark = pytest.mark.server
 
@@ -117,31 +117,13 @@ def test_http_generate_and_generate_stream_on_the_ensemble(deployment, reference
 
 def _ensemble_request(url, inputs):
     """One streamed request through the ensemble with raw tritonclient inputs: (text, error)."""
-    import tritonclient.grpc as g
-
-    c = g.InferenceServerClient(url)
-    q = queue.Queue()
-    c.start_stream(callback=lambda result, error: q.put((result, error)))
-    ins = []
-    for name, arr, dt in inputs:
-        t = g.InferInput(name, list(arr.shape), dt)
-        t.set_data_from_numpy(arr)
-        ins.append(t)
     text = []
-    try:
-        c.async_stream_infer("ensemble", ins, enable_empty_final_response=True)
-        while True:
-            result, error = q.get(timeout=120)
-            if error is not None:
-                return "".join(text), str(error)
-            resp = result.get_response()
-            if any(o.name == "text_output" for o in resp.outputs):
-                text += [x.decode() for x in result.as_numpy("text_output").reshape(-1)]
-            if resp.parameters.get("triton_final_response").bool_param:
-                return "".join(text), None
-    finally:
-        c.stop_stream()
-        c.close()
+    for result, error in stream_responses(url, "ensemble", inputs, until_final=True):
+        if error is not None:
+            return "".join(text), str(error)
+        if any(o.name == "text_output" for o in result.get_response().outputs):
+            text += [x.decode() for x in result.as_numpy("text_output").reshape(-1)]
+    return "".join(text), None
 
 
 def test_tensorrt_llm_inputs_are_used_ignored_or_refused(deployment, reference):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from griffin_trt.client.client import GriffinClient
-from serving_helpers import VOCAB, greedy_reference, serve_tiny_deployment
+from serving_helpers import VOCAB, greedy_reference, serve_tiny_deployment, stream_responses
 
 pytestmark = pytest.mark.server
 
@@ -92,26 +92,8 @@ def test_metrics_endpoint_shows_spec_decode_counters(deployment):
     assert total("griffin_spec_decode_verify_time_seconds_count") > 0
 
 
-def _raw_stream(url, model, inputs, params=None):
-    import queue
-
-    import tritonclient.grpc as g
-
-    c = g.InferenceServerClient(url)
-    q = queue.Queue()
-    c.start_stream(callback=lambda result, error: q.put((result, error)))
-    ins = []
-    for name, arr, dt in inputs:
-        t = g.InferInput(name, list(arr.shape), dt)
-        t.set_data_from_numpy(arr)
-        ins.append(t)
-    try:
-        c.async_stream_infer(model, ins, parameters=params, enable_empty_final_response=True)
-        result, error = q.get(timeout=60)
-        return error
-    finally:
-        c.stop_stream()
-        c.close()
+def _first_error(url, model, spec, params=None):
+    return stream_responses(url, model, spec, params, timeout=60)[0][1]
 
 
 def test_bad_requests_are_refused_and_server_keeps_serving(deployment, reference):
@@ -128,12 +110,12 @@ def test_bad_requests_are_refused_and_server_keeps_serving(deployment, reference
         "top_p": [("input_ids", i32([[1, 2]]), "INT32"), ok_len, ("runtime_top_p", np.array([[1.5]], np.float32), "FP32")],
     }
     for expect, inputs in cases.items():
-        err = _raw_stream(url, "griffin", inputs)
+        err = _first_error(url, "griffin", inputs)
         assert err is not None, expect
         assert expect.strip().lower() in str(err).lower(), (expect, str(err))
-    err = _raw_stream(url, "griffin", [("input_ids", i32([[1, 2]]), "INT32"), ok_len], params={"bogus": 1})
+    err = _first_error(url, "griffin", [("input_ids", i32([[1, 2]]), "INT32"), ok_len], params={"bogus": 1})
     assert err is not None and "unknown request parameter" in str(err)
-    err = _raw_stream(url, "ensemble", [("text_input", np.array([[b"  "]], object), "BYTES"),
+    err = _first_error(url, "ensemble", [("text_input", np.array([[b"  "]], object), "BYTES"),
                                         ("max_tokens", i32([[4]]), "INT32")])
     assert err is not None and "empty" in str(err)
     assert deployment["server"].is_alive()
