@@ -117,3 +117,16 @@ def stream_responses(url, model, spec, params=None, until_final=False, timeout=1
     finally:
         c.stop_stream(cancel_requests=cancel)
         c.close()
+
+
+def griffin_metrics(server) -> dict[str, float]:
+    """The server's `griffin_*` Prometheus samples: {name with labels: value}."""
+    import urllib.request
+
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("griffin_"):
+            name, v = line.rsplit(" ", 1)
+            out[name] = float(v)
+    return out

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from griffin_trt.client.client import GriffinClient
-from serving_helpers import greedy_reference, serve_tiny_deployment, stream_responses
+from serving_helpers import griffin_metrics, greedy_reference, serve_tiny_deployment, stream_responses
 
 pytestmark = pytest.mark.server
 
@@ -40,16 +40,6 @@ def reference(deployment):
     return greedy_reference(deployment["root"])
 
 
-def metrics(deployment) -> dict[str, float]:
-    text = urllib.request.urlopen(deployment["server"].metrics_url, timeout=10).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("griffin_"):
-            name, v = line.rsplit(" ", 1)
-            out[name] = float(v)
-    return out
-
-
 def total(values, family, **labels) -> float:
     want = [f'{k}="{v}"' for k, v in labels.items()]
     return sum(v for k, v in values.items() if k.startswith(family + "{") and all(w in k for w in want))
@@ -59,7 +49,7 @@ def settled_metrics(deployment, timeout=30.0):
     """Metrics once the token counter stops moving (every row has finished or been freed)."""
     deadline, last = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
-        m = metrics(deployment)
+        m = griffin_metrics(deployment["server"])
         if last is not None and m == last:
             return m
         last = m
@@ -299,7 +289,7 @@ def test_mixed_load_stays_exact_and_seeded_samples_reproduce(deployment, referen
     assert not any(t.is_alive() for t in threads)
     assert not errors, errors[:5]
     assert done["greedy"] >= 16 and done["sampled"] >= 4 and done["stopped"] >= 2 and done["plain"] >= 4, done
-    m = metrics(deployment)
+    m = griffin_metrics(deployment["server"])
     assert total(m, "griffin_decode_steps", tree_tokens="1") > 0  # plain budget under load
     assert total(m, "griffin_decode_steps", tree_tokens="12") > 0  # the full tree when alone
     assert deployment["server"].is_alive()

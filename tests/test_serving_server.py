@@ -5,13 +5,12 @@ the reason, where the binary cannot run here.
 """
 import threading
 import time
-import urllib.request
 
 import numpy as np
 import pytest
 
 from griffin_trt.client.client import GriffinClient
-from serving_helpers import VOCAB, greedy_reference, serve_tiny_deployment, stream_responses
+from serving_helpers import VOCAB, greedy_reference, griffin_metrics, serve_tiny_deployment, stream_responses
 
 pytestmark = pytest.mark.server
 
@@ -72,12 +71,7 @@ def test_metrics_endpoint_shows_spec_decode_counters(deployment):
     with GriffinClient(deployment["server"].grpc_url, model="griffin", timeout_s=120) as c:
         c.generate(input_ids=PROMPTS[0], max_tokens=8)
     time.sleep(0.5)
-    text = urllib.request.urlopen(deployment["server"].metrics_url, timeout=10).read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line.startswith("griffin_"):
-            name, v = line.rsplit(" ", 1)
-            values[name] = float(v)
+    values = griffin_metrics(deployment["server"])
 
     def total(prefix):
         return sum(v for k, v in values.items() if k.startswith(prefix + "{"))
