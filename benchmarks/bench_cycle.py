@@ -236,7 +236,7 @@ def time_batch(ex, tree: TreeConfig, shape: Shape, b: int, reps: int, gen: torch
         def eager(*a, step=step):
             return step(*a, ex.dk, ex.dv)[:3]
 
-        graphed = CudaGraphed(eager, max_tokens=256) if dev.type == "cuda" else eager  # as TorchExecutor does
+        graphed = CudaGraphed(eager, max_tokens=256, rows=lambda: ex.rows) if dev.type == "cuda" else eager  # as TorchExecutor does
 
         def run(graphed=graphed):
             with torch.inference_mode():
