@@ -13,8 +13,12 @@ forward), and whether the greedy outputs were identical (they must be).
 the trees by GRIFFIN/plain tokens-per-second ratio (how the demo recipe's tree was chosen).
 
 `--draft-vocab N` drafts among the N most frequent ids of the token-counts table (default: the demo
-pair's, griffin_trt/demo/token_counts.json); the summary's `draft_pass_ms` is the median wall time
-of one drafter pass over the k-node frontier.
+pair's, griffin_trt/demo/token_counts.json).
+
+After the timed run, the first `--breakdown-prompts` prompts run once more in each mode with every
+model call, tree op and KV move timed (benchmarks/step_breakdown.py): the summary's `breakdown`
+says where a decode step's time goes, and `draft_pass_ms` is the median drafter pass over the
+k-node frontier. The timed run itself carries no timers.
 """
 from __future__ import annotations
 
@@ -35,6 +39,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 DEMO_TOKEN_COUNTS = REPO / "griffin_trt" / "demo" / "token_counts.json"
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from step_breakdown import StepBreakdown, format_breakdown  # noqa: E402
+
 from griffin_trt.recipe import TreeConfig, load_recipe  # noqa: E402
 from griffin_trt.runtime import SamplingParams, SpeculativeDecoder, load_runtime  # noqa: E402
 
@@ -46,39 +54,6 @@ def load_prompts(spec: str, runtime, n: int) -> list[dict]:
         return [{"category": "code", "ids": ids} for ids in heldout_prompts(runtime.tokenizer, n)]
     rows = [json.loads(line) for line in Path(spec).read_text().splitlines() if line.strip()]
     return [{"category": r.get("category", "all"), "ids": runtime.encode(r["prompt"])} for r in rows[:n]]
-
-
-class PassTimer:
-    """Wraps an executor's draft_step and times every frontier pass (T = k): CUDA events on CUDA
-    (recorded without a host sync, so the loop keeps its CPU/GPU overlap), the host clock elsewhere."""
-
-    def __init__(self, ex, frontier: int):
-        self.step, self.frontier = ex.draft_step, frontier
-        self.marks: list = []
-        self.on = False
-
-    def __call__(self, features, tokens, *rest):
-        if not self.on or tokens.shape[1] != self.frontier:
-            return self.step(features, tokens, *rest)
-        if tokens.is_cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            out = self.step(features, tokens, *rest)
-            end.record()
-            self.marks.append((start, end))
-            return out
-        t0 = time.perf_counter()
-        out = self.step(features, tokens, *rest)
-        self.marks.append(1e3 * (time.perf_counter() - t0))
-        return out
-
-    def median_ms(self) -> float | None:
-        if not self.marks:
-            return None
-        if isinstance(self.marks[0], tuple):
-            torch.cuda.synchronize()
-            return statistics.median(s.elapsed_time(e) for s, e in self.marks)
-        return statistics.median(self.marks)
 
 
 def parse_tree(text: str) -> TreeConfig:
@@ -146,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--draft-vocab", type=int, default=None, metavar="N",
                     help="draft among the N most frequent ids of --token-counts (torch back end)")
     ap.add_argument("--token-counts", type=Path, default=DEMO_TOKEN_COUNTS)
+    ap.add_argument("--ort-thread-pool", choices=("shared", "per-session"), default=None,
+                    help="onnxruntime: one thread pool for both graphs (the default) or one per session (the old way)")
+    ap.add_argument("--breakdown-prompts", type=int, default=5, help="prompts of the per-part timing run (0: none)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -159,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         recipe = dataclasses.replace(recipe, tree=TreeConfig(
             top_k=max(t.top_k for t in trees), depth=max(t.depth for t in trees),
             total_tokens=max(t.total_tokens for t in trees)))
-    rt = load_runtime(recipe, build_dir=args.build_dir, backend=args.backend, device=args.device)
+    options = {"thread_pool": args.ort_thread_pool} if args.ort_thread_pool else None
+    rt = load_runtime(recipe, build_dir=args.build_dir, backend=args.backend, device=args.device, executor_options=options)
     tree = recipe.tree
     if args.tree:
         tree = trees[0]
@@ -167,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = load_prompts(args.prompts, rt, args.num_prompts)
     if args.sweep:
         return sweep(rt, recipe, trees, prompts, args)
-    timer = PassTimer(rt.decoder.ex, tree.top_k)
-    if not tree.choices:
-        rt.decoder.ex.draft_step = timer
+    breakdown = StepBreakdown(rt.decoder)
     greedy = SamplingParams()
     n_new = min(args.max_new_tokens, recipe.limits.max_output_len)
     for p in prompts[: args.warmup]:
@@ -180,7 +157,6 @@ def main(argv: list[str] | None = None) -> int:
     for p in tqdm(prompts, desc="prompts", unit="prompt"):
         row = {"category": p["category"], "prompt_tokens": len(p["ids"])}
         for mode, spec in (("griffin", True), ("plain", False)):
-            timer.on = spec
             t0 = time.perf_counter()
             r = rt.decoder.generate([p["ids"]], n_new, greedy, speculative=spec)[0]
             dt = time.perf_counter() - t0
@@ -218,7 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     cats = sorted({r["category"] for r in rows})
     summary = {c: agg([r for r in rows if r["category"] == c]) for c in cats}
     summary["all"] = agg(rows)
-    summary["all"]["draft_pass_ms"] = timer.median_ms()
+    parts = {}
+    for mode, spec in (("griffin", True), ("plain", False)):
+        stop = breakdown.collect()
+        res = [rt.decoder.generate([p["ids"]], n_new, greedy, speculative=spec)[0] for p in prompts[: args.breakdown_prompts]]
+        parts[mode] = stop()
+        parts[mode]["tokens_per_step"] = sum(len(r.token_ids) - 1 for r in res) / max(1, sum(r.target_forwards for r in res))
+    summary["all"]["breakdown"] = parts
+    summary["all"]["draft_pass_ms"] = parts["griffin"]["per_call_ms"].get("draft_pass")
     env = {
         "recipe": str(args.recipe),
         "backend": args.backend,
@@ -229,14 +212,15 @@ def main(argv: list[str] | None = None) -> int:
         "max_new_tokens": n_new,
         "tree": tree.__dict__,
         "draft_vocab": recipe.draft_vocab,
+        "executor_options": options,
         "vocab_size": rt.decoder.ex.spec.vocab_size,
         "python": platform.python_version(),
         # held-out prompts come from the running Python's stdlib: say which ones were used
         "prompts_sha256": hashlib.sha256(json.dumps([p["ids"] for p in prompts]).encode()).hexdigest()[:16],
     }
     print(f"\n{env}")
-    if summary["all"]["draft_pass_ms"] is not None:
-        print(f"drafter pass over the {tree.top_k}-node frontier: {summary['all']['draft_pass_ms']:.3f} ms (median)")
+    for mode, part in parts.items():
+        print("\n".join(format_breakdown(mode, part, part["tokens_per_step"])))
     print(f"{'category':<14}{'n':>4}{'plain tok/s':>13}{'GRIFFIN tok/s':>15}{'ratio':>8}{'tau':>7}{'draft%':>8}{'same':>7}")
     for c, s in summary.items():
         print(

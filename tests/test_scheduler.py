@@ -81,6 +81,61 @@ def test_rows_admitted_mid_flight_stay_token_exact(pair, greedy):
     assert lone.tree_tokens_per_step[0] == 6 and len(lone.tree_tokens_per_step) == lone.target_forwards
 
 
+def test_plain_budget_steps_run_no_drafter_and_catch_up_exactly(pair, greedy):
+    """Under a plain budget a speculative row costs what a plain one does (no drafter call, bar one
+    catch-up per `pending_capacity` steps); when drafting resumes, one drafter call writes what it
+    missed, and the drafter's state equals what a fresh prefill of the whole sequence gives."""
+    dec = make_decoder(*pair, tree=TREE, limits=LIMITS, schedule=TreeSchedule((TreeBudget(2, 1),)))
+    sched, runner, state = dec.scheduler, dec.scheduler.runner, dec.scheduler.state
+    cap = state.pending_capacity
+    calls = []  # (tree tokens of the decode step, drafter call width)
+    in_step = []
+    real_draft, real_decode, real_catch_up = dec.ex.draft_step, runner.decode, runner._catch_up
+
+    def draft_step(features, tokens, *rest):
+        if in_step:
+            calls.append((in_step[-1], tokens.shape[1]))
+        return real_draft(features, tokens, *rest)
+
+    def decode(B, tree, *rest, **kw):
+        in_step.append(tree.tree_size)
+        try:
+            return real_decode(B, tree, *rest, **kw)
+        finally:
+            in_step.pop()
+
+    caught = []  # after each catch-up: row 0's sequence so far and its drafter root
+
+    def catch_up(B):
+        real_catch_up(B)
+        # cached tokens, then the root (a catch-up that ends a step runs before its tokens are emitted)
+        seq = (long.prompt + long.result.token_ids)[: int(state.ctx[0])] + [int(state.root[0])]
+        caught.append((seq, state.root_ids[0].clone(), state.root_logp[0].clone(), state.root_feat[0].clone()))
+
+    dec.ex.draft_step, runner.decode, runner._catch_up = draft_step, decode, catch_up
+    long, short = (Request(p, n) for p, n in zip(random_prompts(2, 96, seed=23), (48, cap + 9)))
+    infos = drive(sched, {0: [long], 3: [short]})
+
+    assert long.result.token_ids == greedy(long.prompt, 48) and short.result.token_ids == greedy(short.prompt, cap + 9)
+    plain_steps = [i for i in infos if i.tree_tokens == 1]
+    assert len(plain_steps) > cap, "the plain period should outlast the pending capacity once"
+    during_plain = [w for t, w in calls if t == 1]
+    assert len(during_plain) == len(plain_steps) // cap and all(w == cap for w in during_plain)
+    assert len(caught) == len(during_plain) + 1  # and once more when drafting resumed
+    assert long.result.tree_tokens_per_step[-1] > 1, "the long row never drafted again"
+
+    fresh = make_decoder(*pair, tree=TREE, limits=LIMITS)
+    for seq, ids, logp, feat in caught:
+        fresh.ex.select_rows(0, 1)
+        first, pre = fresh.scheduler.runner.prefill(0, [seq[:-1]], lambda logits, depths: logits)
+        assert first == [seq[-1]]
+        fresh.scheduler.runner.prefill_drafter(pre)
+        s = fresh.scheduler.state
+        assert torch.equal(s.root_ids[0], ids)
+        torch.testing.assert_close(s.root_logp[0], logp, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(s.root_feat[0], feat, rtol=1e-4, atol=1e-4)
+
+
 def test_mixed_speculative_and_plain_rows_share_steps(pair, greedy):
     dec = make_decoder(*pair, tree=TREE, limits=LIMITS)
     prompts = random_prompts(6, 96, seed=22)

@@ -25,9 +25,11 @@ class Runtime:
 
 
 def load_runtime(
-    recipe: Recipe, build_dir: str | Path | None = None, backend: str | None = None, device: str | None = None
+    recipe: Recipe, build_dir: str | Path | None = None, backend: str | None = None, device: str | None = None,
+    executor_options: dict | None = None,
 ) -> Runtime:
-    """torch runs the checkpoints directly; onnxruntime/tensorrt run what `griffin-trt build` wrote."""
+    """torch runs the checkpoints directly; onnxruntime/tensorrt run what `griffin-trt build` wrote.
+    `executor_options`: extra keyword arguments of the built back end's executor (benchmarks)."""
     from ..models import load_tokenizer, stop_token_ids
     from ..models.pair import resolve_device
 
@@ -56,7 +58,8 @@ def load_runtime(
                 f"(or use --backend torch)"
             )
         _check_draft_vocab(recipe, build_dir)
-        executor = make_executor(backend, build_dir=build_dir, max_batch=recipe.limits.max_batch)
+        executor = make_executor(backend, build_dir=build_dir, max_batch=recipe.limits.max_batch,
+                                 **(executor_options or {}))
         tok_dir = build_dir / "tokenizer" if (build_dir / "tokenizer").is_dir() else recipe.tokenizer
     tokenizer = load_tokenizer(tok_dir)
     eos = frozenset(stop_token_ids(recipe.target, tokenizer))

@@ -70,6 +70,12 @@ class StepInfo:
     seconds: float
 
 
+def catch_up_capacity(tree: TreeConfig, limits: Limits) -> int:
+    """Drafter entries a row may owe (plain-budget steps) before one drafter call writes them: the
+    drafter cache's scratch room beyond the context, within a drafter profile's token range."""
+    return max(tree.max_accept, min(tree.max_accept + tree.drafter_slots, limits.max_input_len))
+
+
 def batch_buckets(max_batch: int) -> list[int]:
     """Row counts decode steps run at: powers of two below max_batch, and max_batch."""
     out, b = [], 1
@@ -105,7 +111,8 @@ class Scheduler:
         self.max_batch = min(spec.max_batch, limits.max_batch)  # rows in use; the executor may hold more
         self.vocab = spec.vocab_size
         self.dev = spec.device
-        self.state = SlotState(self.max_batch, spec.top_k, spec.hidden_size, spec.feature_dtype, spec.device)
+        self.state = SlotState(self.max_batch, spec.top_k, spec.hidden_size, spec.feature_dtype, spec.device,
+                               pending=catch_up_capacity(tree, limits))
         self.runner = StepRunner(executor, tree, self.state)
         self.buckets = batch_buckets(self.max_batch)
         self.slots: list[_Row | None] = [None] * self.max_batch

@@ -12,6 +12,10 @@ Cache bookkeeping per row b, with ctx[b] the number of target tokens already in 
 - every call writes one contiguous run of slots per row (prefill 0..P-1, verify ctx + 0..T-1,
   drafter update ctx + 0..A-1, dynamic draft pass i at ctx + i*k + 0..k-1, static level at its
   consecutive columns): the in-place KV graphs' TensorScatter relies on it, executors check it.
+- a step at a plain budget (the schedule's answer to load) runs no drafter at all: each row keeps
+  the target's feature and the emitted token of the position it decoded as a pending drafter entry
+  (`SlotState.pend_*`). The drafter then holds ctx - pend_n entries; the next drafting step (or a
+  row's pending entries reaching capacity) writes them all in one batched drafter call first.
 
 Per-slot state (`SlotState`) lives in tensors of max_batch rows; a step reads and writes the
 slices of the rows it runs on. Which token a row emits is decided by `score`: raw logits for
@@ -37,13 +41,24 @@ Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class SlotState:
     """What the next step needs per cache row: context length, root token, the drafter's view of it."""
 
-    def __init__(self, max_batch: int, top_k: int, hidden: int, feature_dtype: torch.dtype, device: torch.device):
+    def __init__(self, max_batch: int, top_k: int, hidden: int, feature_dtype: torch.dtype, device: torch.device,
+                 pending: int = 1):
         self.ctx = torch.zeros(max_batch, dtype=torch.long, device=device)
         self.root = torch.zeros(max_batch, dtype=torch.long, device=device)  # last emitted token, not cached yet
         self.root_logp = torch.zeros(max_batch, top_k, device=device)
         self.root_ids = torch.zeros(max_batch, top_k, dtype=torch.long, device=device)
         self.root_feat = torch.zeros(max_batch, hidden, dtype=feature_dtype, device=device)
-        self._all = (self.ctx, self.root, self.root_logp, self.root_ids, self.root_feat)
+        # Drafter entries not written yet (plain-budget steps): target positions ctx - pend_n .. ctx - 1.
+        self.pend_n = torch.zeros(max_batch, dtype=torch.long, device=device)
+        self.pend_feat = torch.zeros(max_batch, pending, hidden, dtype=feature_dtype, device=device)
+        self.pend_tok = torch.zeros(max_batch, pending, dtype=torch.long, device=device)
+        self.pend_max = 0  # host-side bound on pend_n (no device sync to ask whether to catch up)
+        self._all = (self.ctx, self.root, self.root_logp, self.root_ids, self.root_feat,
+                     self.pend_n, self.pend_feat, self.pend_tok)
+
+    @property
+    def pending_capacity(self) -> int:
+        return self.pend_tok.shape[1]
 
     def move(self, src: int, dst: int) -> None:
         for t in self._all:
@@ -53,6 +68,7 @@ class SlotState:
         """A free slot rides along as padding: context 0 keeps its scratch writes in bounds."""
         self.ctx[slot] = 0
         self.root[slot] = 0
+        self.pend_n[slot] = 0
 
 
 @dataclass
@@ -144,13 +160,28 @@ class StepRunner:
         c = cols[None, None, :]
         return (c <= pos[:, :, None]) & (c < lens[:, None, None])
 
-    def _set_root(self, lo: int, vals, ids, reg, at: torch.Tensor) -> None:
+    def _set_root(self, lo: int, vals, ids, reg, at: torch.Tensor, only: torch.Tensor | None = None) -> None:
+        """Each row's drafter output at column `at` becomes its root (rows where `only` is true)."""
         rows = torch.arange(vals.shape[0], device=self.dev)
         hi = lo + vals.shape[0]
         s = self.state
-        s.root_logp[lo:hi] = vals[rows, at]
-        s.root_ids[lo:hi] = ids[rows, at]
-        s.root_feat[lo:hi] = reg[rows, at]
+        new = (vals[rows, at], ids[rows, at], reg[rows, at])
+        for dst, v in zip((s.root_logp, s.root_ids, s.root_feat), new):
+            dst[lo:hi] = v if only is None else torch.where(only[:, None], v, dst[lo:hi])
+
+    def _catch_up(self, B: int) -> None:
+        """Write rows [0, B)'s pending drafter entries in one drafter call (rows without any write
+        scratch slots at ctx.. and keep their root)."""
+        s = self.state
+        n, ctx = s.pend_n[:B], s.ctx[:B]
+        # A power-of-two width (within capacity): few distinct shapes for CUDA graphs and profiles.
+        T = min(1 << (s.pend_max - 1).bit_length(), s.pending_capacity)
+        pos = (ctx - n)[:, None] + torch.arange(T, device=self.dev)
+        mask = self._cols_d[None, None, :] <= pos[:, :, None]
+        vals, ids, reg = self.ex.draft_step(s.pend_feat[:B, :T], s.pend_tok[:B, :T], pos, pos, mask)
+        self._set_root(0, vals, ids, reg, (n - 1).clamp(min=0), only=n > 0)
+        s.pend_n[:B] = 0
+        s.pend_max = 0
 
     # ------------------------------------------------------------------ decode
     def decode(
@@ -164,9 +195,12 @@ class StepRunner:
         keeps the drafter's cache in step with the accepted tokens (needed while any row speculates).
         """
         s = self.state
-        ctx, root = s.ctx[:B], s.root[:B]
         t0 = time.perf_counter()
-        if tree.tree_size > 1:
+        drafting = tree.tree_size > 1
+        if drafting and s.pend_max:
+            self._catch_up(B)
+        ctx, root = s.ctx[:B], s.root[:B]
+        if drafting:
             dt = self._draft_static(B, ctx, root) if self.static else self._draft_dynamic(B, ctx, root, tree)
         else:
             dt = None
@@ -204,10 +238,20 @@ class StepRunner:
         if T > 1:
             # Move the accepted entries to the front of the scratch region; pads copy onto themselves.
             src = torch.where(path >= 0, ctx[:, None] + path, dst)
-            self.ex.move_target_kv(src, dst)
+            if not torch.equal(src, dst):  # a path along the first columns (a chain's) is in place already
+                self.ex.move_target_kv(src, dst)
         safe = path.clamp(min=0)
         path_tok = tokens.gather(1, safe)
-        if update_drafter:
+        if update_drafter and not drafting:
+            # Plain budget: no drafter call; the drafter's entry for this position waits (steps.py header).
+            keep = live & ~plain
+            at = s.pend_n[:B].clamp(max=s.pending_capacity - 1)
+            rows = torch.arange(B, device=self.dev)
+            s.pend_feat[rows, at] = torch.where(keep[:, None], hidden[:, 0].to(self.feature_dtype), s.pend_feat[rows, at])
+            s.pend_tok[rows, at] = torch.where(keep, bonus, s.pend_tok[rows, at])
+            s.pend_n[:B] += keep.long()
+            s.pend_max += 1
+        elif update_drafter:
             # Drafter update over the accepted path: feature of node i with the token that follows it.
             rows = torch.arange(B, device=self.dev)
             feat = hidden.gather(1, safe[..., None].expand(-1, -1, hidden.shape[-1]))
@@ -218,6 +262,8 @@ class StepRunner:
             self._set_root(0, vals, ids, reg, count - 1)
         s.ctx[:B] = ctx + torch.where(live, count, 0)
         s.root[:B] = bonus
+        if s.pend_max >= s.pending_capacity:
+            self._catch_up(B)
         self._sync()
         t3 = time.perf_counter()
 

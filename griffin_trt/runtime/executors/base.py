@@ -99,16 +99,18 @@ class Executor(ABC):
 
 
 def move_cache_slots_(caches, src: torch.Tensor, dst: torch.Tensor, slot_dim: int, batch_dim: int) -> None:
-    """Copy slot src[b, j] to dst[b, j] in every cache, column by column (see Executor.move_target_kv)."""
+    """Copy slot src[b, j] to dst[b, j] in every cache (see Executor.move_target_kv).
+
+    All sources are read before any destination is written, in one gather and one scatter per cache:
+    the same result as copying column by column, since src[b, j] >= dst[b, j] > dst[b, i] for i < j
+    (no source is a slot an earlier column writes).
+    """
     for cache in caches:
-        for j in range(src.shape[1]):
-            shape = [1] * cache.dim()
-            shape[batch_dim] = -1
-            expand = list(cache.shape)
-            expand[slot_dim] = 1
-            idx_s = src[:, j].view(shape).expand(expand)
-            idx_d = dst[:, j].view(shape).expand(expand)
-            cache.scatter_(slot_dim, idx_d, cache.gather(slot_dim, idx_s))
+        shape = [1] * cache.dim()
+        shape[batch_dim], shape[slot_dim] = src.shape[0], src.shape[1]
+        expand = list(cache.shape)
+        expand[slot_dim] = src.shape[1]
+        cache.scatter_(slot_dim, dst.view(shape).expand(expand), cache.gather(slot_dim, src.view(shape).expand(expand)))
 
 
 def check_contiguous_writes(write_index: torch.Tensor) -> None:
