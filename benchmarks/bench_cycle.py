@@ -24,8 +24,10 @@ then `cycle_ms` = draft (update + depth passes) + verify (T = total_tokens) + tr
 + select + accept + move), the projected speed-up `tau * plain / cycle` for tau in {3.0, 4.0, 4.5},
 the weight-bytes bound of the plain step from the measured copy bandwidth, and `loop`: the real
 decoding loop (`SpeculativeDecoder.generate`, Python glue and host syncs included) timed per cycle
-and per plain token over the same executor. Caches are filled with random values, sized for
-`context` tokens of prompt plus as many of output; masks attend to `context` cached tokens.
+and per plain token over the same executor, and `breakdown`: the cycle's parts as
+benchmarks/step_breakdown.py files them on a CPU, host time included (loop minus parts). Caches
+are filled with random values, sized for `context` tokens of prompt plus as many of output; masks
+attend to `context` cached tokens.
 """
 from __future__ import annotations
 
@@ -286,6 +288,18 @@ def cycle_summary(r: dict, tree: TreeConfig) -> None:
     }
 
 
+def breakdown(r: dict, tree: TreeConfig) -> dict:
+    """The parts of one cycle, as benchmarks/step_breakdown.py files them on a CPU: drafter passes,
+    tree ops (KV move included), the drafter update, the verify, and host time = the real loop's
+    cycle minus the parts timed alone (negative where the host's work hides under the GPU's).
+    `overhead_vs_verify`: (drafter passes + tree ops + host) / verify, the share the GPU goal bounds."""
+    c = r["cycle_ms"]
+    passes = tree.depth * r["draft_pass_ms"]
+    host = r["loop"]["cycle_ms"] - c["total"]
+    return {"draft_passes_ms": passes, "tree_ops_ms": c["tree"], "draft_update_ms": r["draft_update_ms"],
+            "verify_ms": c["verify"], "host_ms": host, "overhead_vs_verify": (passes + c["tree"] + max(host, 0.0)) / c["verify"]}
+
+
 def time_loop(ex, tree: TreeConfig, limits: Limits, b: int, gen: torch.Generator, new_tokens: int) -> dict:
     """Wall time per cycle of the real loop (difference of two generations, so prefill cancels)."""
     from griffin_trt.runtime import SpeculativeDecoder
@@ -342,6 +356,7 @@ def run_shape(name: str, device: torch.device, dtype: torch.dtype, batches, reps
         kv_bytes = 2 * t.num_layers * b * t.num_kv_heads * ex.spec.target_kv_len * t.head_dim * t.dtype.itemsize
         r["kv_bytes_read_plain"] = kv_bytes  # our attention reads the whole static cache
         r["loop"] = time_loop(ex, tree, limits, b, gen, loop_tokens)
+        r["breakdown"] = breakdown(r, tree)
         res["batches"][str(b)] = r
         print(f"  {name} batch {b}: plain {r['plain_ms']:.3f} ms, cycle {r['cycle_ms']['total']:.3f} ms, "
               f"loop cycle {r['loop']['cycle_ms']:.3f} ms", flush=True)
@@ -399,6 +414,13 @@ def to_markdown(result: dict) -> str:
                 f"{_f(r['draft_update_ms'], 3)} | {_f(r['cycle_ms']['tree'], 3)} | {_f(r['cycle_ms']['total'], 3)} | "
                 f"{proj} | {_f(lp['plain_ms_per_token'], 3)}, {_f(lp['cycle_ms'], 3)}, {lproj} |"
             )
+        lines += ["", "Per cycle (ms): drafter passes + tree ops + host, against the verify:", "",
+                  "| batch | drafter passes | tree ops | update | verify | host (loop - parts) | (passes + tree + host) / verify |",
+                  "|---|---|---|---|---|---|---|"]
+        for b, r in s["batches"].items():
+            d = r["breakdown"]
+            lines.append(f"| {b} | {_f(d['draft_passes_ms'], 3)} | {_f(d['tree_ops_ms'], 3)} | {_f(d['draft_update_ms'], 3)} | "
+                         f"{_f(d['verify_ms'], 3)} | {_f(d['host_ms'], 3)} | {100 * d['overhead_vs_verify']:.0f}% |")
         if c["draft_vocabs"]:
             lines += ["", "Reduced draft vocabulary, drafter pass over the frontier (ms) and projected x at tau "
                       f"{taus}:", "", "| batch | full vocab | " + " | ".join(f"N = {n}" for n in c["draft_vocabs"]) + " |",

@@ -4,8 +4,8 @@ The measurement behind a recipe's [schedule]. One executor, one prompt set; for 
 decoding together (`--batches`) and each tree budget (`--budgets`, TOTALxDEPTH or `plain`), all
 prompts are submitted at once to a scheduler capped at that many rows, so that many rows decode in
 flight until the queue drains; tokens/s = generated tokens / wall seconds. `plain` is the plain
-budget for speculative requests (the drafter still follows every accepted token); `requests-plain`
-is requests sent with speculation off (no drafter at all). Configurations are interleaved and
+budget for speculative requests (no drafter call; the drafter catches up when drafting resumes);
+`requests-plain` is requests sent with speculation off. Configurations are interleaved and
 repeated (`--repeats`), medians reported, so a busy machine slows all of them alike.
 
     python benchmarks/bench_schedule.py [--recipe build/demo.toml] [--batches 1,2,4,8]

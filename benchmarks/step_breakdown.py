@@ -122,3 +122,54 @@ def format_breakdown(name: str, s: dict, tokens_per_step: float | None = None) -
     parts = ", ".join(f"{p} {ps[p]:.3f} ({100 * ps[p] / total:.0f}%)" for p in PARTS if ps.get(p))
     calls = ", ".join(f"{k} {v:.3f} x{s['calls_per_step'].get(k, 0):.1f}" for k, v in sorted(s["per_call_ms"].items()))
     return [head, f"  per step: {parts}", f"  per call (median ms x calls per step): {calls}"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Breakdown of any checkout's loop (its own `griffin_trt`), e.g. before and after a change:
+
+        python benchmarks/step_breakdown.py --checkout /tmp/old --backend onnxruntime --build-dir engines/demo \
+            --prompts griffin_trt/client/prompts.jsonl --category code
+    """
+    import argparse
+    import json
+    import sys
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(description="where a decode step's time goes, per mode")
+    ap.add_argument("--checkout", type=Path, default=Path(__file__).resolve().parent.parent)
+    ap.add_argument("--recipe", type=Path, default=None, help="default: the checkout's build/demo.toml")
+    ap.add_argument("--backend", default="onnxruntime", choices=("torch", "onnxruntime", "tensorrt"))
+    ap.add_argument("--build-dir", type=Path, default=None)
+    ap.add_argument("--prompts", type=Path, required=True, help="a .jsonl with prompt (and category)")
+    ap.add_argument("--category", default=None)
+    ap.add_argument("--num-prompts", type=int, default=12)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(args.checkout.resolve()))
+    from griffin_trt.recipe import load_recipe
+    from griffin_trt.runtime import SamplingParams, load_runtime
+
+    recipe = load_recipe(args.recipe or args.checkout / "build" / "demo.toml")
+    rt = load_runtime(recipe, build_dir=args.build_dir, backend=args.backend)
+    rows = [json.loads(line) for line in args.prompts.read_text().splitlines() if line.strip()]
+    prompts = [rt.encode(r["prompt"]) for r in rows if args.category in (None, r.get("category"))][: args.num_prompts]
+    bd = StepBreakdown(rt.decoder)
+    n_new = min(args.max_new_tokens, recipe.limits.max_output_len)
+    for p in prompts[:2]:  # warm-up
+        for spec in (True, False):
+            rt.decoder.generate([p], 8, SamplingParams(), speculative=spec)
+    out = {}
+    for mode, spec in (("griffin", True), ("plain", False)):
+        stop = bd.collect()
+        res = [rt.decoder.generate([p], n_new, SamplingParams(), speculative=spec)[0] for p in prompts]
+        out[mode] = stop()
+        out[mode]["tokens_per_step"] = sum(len(r.token_ids) - 1 for r in res) / max(1, sum(r.target_forwards for r in res))
+        print("\n".join(format_breakdown(f"{mode} ({args.checkout})", out[mode], out[mode]["tokens_per_step"])), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

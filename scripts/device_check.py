@@ -291,6 +291,8 @@ def missing_figures(res: dict, mode: str) -> list[str]:
                 need(res, *base, "tree_ms", op)
             for part in ("draft", "verify", "tree", "total"):
                 need(res, *base, "cycle_ms", part)
+            for part in ("draft_passes_ms", "tree_ops_ms", "host_ms", "overhead_vs_verify"):
+                need(res, *base, "breakdown", part)
             for tau in ("3.0", "4.0", "4.5"):
                 need(res, *base, "projected_speedup", tau)
                 need(res, *base, "loop", "projected_speedup", tau)

@@ -65,3 +65,23 @@ def test_other_trees_and_plain_decoding_stay_exact(setup, tree):
     plain = dec.generate(prompts, NEW, speculative=False)
     for p, a, b in zip(prompts, spec, plain):
         assert a.token_ids == b.token_ids == hf_greedy(hf, p, NEW)
+
+
+def test_per_session_thread_pools_give_the_same_tokens(setup):
+    """The shared thread pool (the default) and a pool per session are the same computation."""
+    ex, hf = setup
+    t, d = ex.target.path, ex.drafter.path
+    spec = ex.spec
+    other = OrtExecutor(t, d, vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, top_k=spec.top_k,
+                        target_kv_len=spec.target_kv_len, drafter_kv_len=spec.drafter_kv_len,
+                        max_batch=spec.max_batch, device="cpu", thread_pool="per-session")
+    assert not ex.target.session.get_session_options().use_per_session_threads
+    assert other.target.session.get_session_options().use_per_session_threads
+    prompts = random_prompts(2, 96, seed=31)
+    shared = SpeculativeDecoder(ex, TREES["default"], LIMITS).generate(prompts, NEW)
+    own = SpeculativeDecoder(other, TREES["default"], LIMITS).generate(prompts, NEW)
+    assert [r.token_ids for r in shared] == [r.token_ids for r in own] == [hf_greedy(hf, p, NEW) for p in prompts]
+    with pytest.raises(ValueError, match="thread_pool"):
+        OrtExecutor(t, d, vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, top_k=spec.top_k,
+                    target_kv_len=spec.target_kv_len, drafter_kv_len=spec.drafter_kv_len,
+                    max_batch=spec.max_batch, device="cpu", thread_pool="many")
