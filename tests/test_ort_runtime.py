@@ -67,21 +67,15 @@ def test_other_trees_and_plain_decoding_stay_exact(setup, tree):
         assert a.token_ids == b.token_ids == hf_greedy(hf, p, NEW)
 
 
-def test_per_session_thread_pools_give_the_same_tokens(setup):
-    """The shared thread pool (the default) and a pool per session are the same computation."""
-    ex, hf = setup
-    t, d = ex.target.path, ex.drafter.path
+def test_graphs_share_one_thread_pool(setup):
+    """Both graphs run on the process's one onnxruntime pool (a pool per session made the verify
+    after the drafter passes twice as slow: benchmarks/RESULTS.md); other values are refused."""
+    ex, _ = setup
+    for graph in (ex.target, ex.drafter):
+        assert not graph.session.get_session_options().use_per_session_threads
     spec = ex.spec
-    other = OrtExecutor(t, d, vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, top_k=spec.top_k,
-                        target_kv_len=spec.target_kv_len, drafter_kv_len=spec.drafter_kv_len,
-                        max_batch=spec.max_batch, device="cpu", thread_pool="per-session")
-    assert not ex.target.session.get_session_options().use_per_session_threads
-    assert other.target.session.get_session_options().use_per_session_threads
-    prompts = random_prompts(2, 96, seed=31)
-    shared = SpeculativeDecoder(ex, TREES["default"], LIMITS).generate(prompts, NEW)
-    own = SpeculativeDecoder(other, TREES["default"], LIMITS).generate(prompts, NEW)
-    assert [r.token_ids for r in shared] == [r.token_ids for r in own] == [hf_greedy(hf, p, NEW) for p in prompts]
-    with pytest.raises(ValueError, match="thread_pool"):
-        OrtExecutor(t, d, vocab_size=spec.vocab_size, hidden_size=spec.hidden_size, top_k=spec.top_k,
-                    target_kv_len=spec.target_kv_len, drafter_kv_len=spec.drafter_kv_len,
-                    max_batch=spec.max_batch, device="cpu", thread_pool="many")
+    for pool, message in (("many", "not one of"), ("per-session", "needs a process of its own")):
+        with pytest.raises(ValueError, match=message):
+            OrtExecutor(ex.target.path, ex.drafter.path, vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
+                        top_k=spec.top_k, target_kv_len=spec.target_kv_len, drafter_kv_len=spec.drafter_kv_len,
+                        max_batch=spec.max_batch, device="cpu", thread_pool=pool)

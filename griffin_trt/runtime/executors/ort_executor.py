@@ -71,6 +71,9 @@ class _Graph:
             _use_shared_pool(opts, threads)
         elif thread_pool != "per-session":
             raise ValueError(f"thread_pool {thread_pool!r} is not one of {list(THREAD_POOLS)}")
+        elif _shared_pool_threads is not None:  # onnxruntime refuses per-session pools from then on
+            raise ValueError("this process already runs onnxruntime sessions on the shared thread pool; "
+                             "thread_pool='per-session' needs a process of its own")
         elif threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = log_severity
