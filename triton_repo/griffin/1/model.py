@@ -9,8 +9,12 @@ response, flagged FINAL, with the request's statistics; unary requests get every
 
 Cancellation: before every step the thread asks each live request's sender `is_cancelled()`; a
 cancelled request, or one whose response could not be sent (the client went away), is cancelled in
-the scheduler, which frees its row at the start of the next step. Either way the request ends
-with a FINAL response and is counted in `griffin_requests{outcome="cancelled"}`.
+the scheduler, which frees its row at the start of the next step. A request whose `stop` input is
+true (TensorRT-LLM's convention) stops every live request with its request id the same way, and is
+answered with an empty FINAL response: the `ensemble` model, which calls this one, sends one when its
+own client goes away, since tritonserver 2.51 passes no cancellation to a model's sub-requests.
+Either way the request ends with a FINAL response and is counted in
+`griffin_requests{outcome="cancelled"}`.
 
 Value rules are `griffin_trt.request_rules` (the CLI's too, same messages; the scheduler applies them
 again on submit) and TensorRT-LLM's input names are in griffin_trt/serving/trtllm_inputs.py; bad
@@ -83,10 +87,10 @@ def _strings(request, name):
 class _Job:
     """A request in flight: its Triton sender and what the responses need."""
 
-    __slots__ = ("req", "sender", "stream", "include_prompt", "ctx", "sent", "alive", "mode")
+    __slots__ = ("req", "sender", "rid", "stream", "include_prompt", "ctx", "sent", "alive", "mode")
 
-    def __init__(self, req, sender, stream, include_prompt, context_tokens):
-        self.req, self.sender, self.stream, self.include_prompt = req, sender, stream, include_prompt
+    def __init__(self, req, sender, rid, stream, include_prompt, context_tokens):
+        self.req, self.sender, self.rid, self.stream, self.include_prompt = req, sender, rid, stream, include_prompt
         self.ctx = req.prompt[-context_tokens:]  # the ids before the next chunk, for postprocessing
         self.sent = 0
         self.alive = True
@@ -126,6 +130,7 @@ class TritonPythonModel:
         self.scheduler.on_step = self._on_step
         self._noted = set()  # ignored TensorRT-LLM inputs already logged
         self._jobs = {}  # id(request) -> _Job, live requests
+        self._by_rid = {}  # Triton request id -> {id(request)}: what a `stop` request names
         self._jobs_lock = threading.Lock()
         self._pending_tokens = {}  # mode -> tokens emitted this step (flushed into the counter per step)
         self._init_metrics(args)
@@ -258,7 +263,7 @@ class TritonPythonModel:
         stream = _scalar(request, "streaming", False, bool)
         # TensorRT-LLM's rule: unary outputs include the prompt unless excluded; streams never do.
         include_prompt = not stream and not _scalar(request, "exclude_input_in_output", False, bool)
-        job = _Job(req, sender, stream, include_prompt, self.detok.CONTEXT_TOKENS)
+        job = _Job(req, sender, request.request_id(), stream, include_prompt, self.detok.CONTEXT_TOKENS)
         req.on_tokens = lambda new, job=job: self._on_tokens(job, new)
         req.on_finish = lambda _req, job=job: self._on_finish(job)
         return job
@@ -268,14 +273,16 @@ class TritonPythonModel:
             arrival = time.time_ns()
             sender = request.get_response_sender()
             try:
+                if _scalar(request, "stop", False, bool):
+                    self._stop_requests(request.request_id())
+                    sender.send(flags=FINAL)
+                    continue
                 job = self._parse(request, sender, arrival)
-                with self._jobs_lock:
-                    self._jobs[id(job.req)] = job
+                self._register(job)
                 try:
                     self.scheduler.submit(job.req)  # validates (runtime rules), then queues
                 except BaseException:
-                    with self._jobs_lock:
-                        self._jobs.pop(id(job.req), None)
+                    self._unregister(job)
                     raise
             except ValueError as e:  # BadRequest, the runtime's request rules, TensorRT-LLM inputs
                 self._error(sender, str(e))
@@ -285,6 +292,30 @@ class TritonPythonModel:
                 self._error(sender, f"internal error: {type(e).__name__}: {e}")
                 self._count("none", None, "failed")
         return None
+
+    def _register(self, job):
+        with self._jobs_lock:
+            self._jobs[id(job.req)] = job
+            if job.rid:
+                self._by_rid.setdefault(job.rid, set()).add(id(job.req))
+
+    def _unregister(self, job):
+        with self._jobs_lock:
+            self._jobs.pop(id(job.req), None)
+            same = self._by_rid.get(job.rid)
+            if same is not None:
+                same.discard(id(job.req))
+                if not same:
+                    del self._by_rid[job.rid]
+
+    def _stop_requests(self, rid):
+        """A `stop` request: its rows are freed at the start of the next step, as for a cancellation."""
+        if not rid:
+            raise BadRequest("stop needs the request id of the request to stop")
+        with self._jobs_lock:
+            jobs = [self._jobs[k] for k in self._by_rid.get(rid, ())]
+        for job in jobs:
+            self.scheduler.cancel(job.req)
 
     # ------------------------------------------------------------------ the scheduler thread
     def _loop(self):
@@ -314,8 +345,7 @@ class TritonPythonModel:
         job.ctx = self.detok.next_context(job.ctx, new)
 
     def _on_finish(self, job):
-        with self._jobs_lock:
-            self._jobs.pop(id(job.req), None)
+        self._unregister(job)
         req, res = job.req, job.req.result
         reason = res.finish_reason
         if reason == "cancelled":

@@ -1,0 +1,198 @@
+"""Triton Python model `ensemble`: TensorRT-LLM's client-facing text model (decoupled), same name,
+inputs and outputs as the Triton ensemble it replaces.
+
+Why not a Triton ensemble: tritonserver 2.51 passes a client's cancellation only to the ensemble step it
+schedules next, never to the `griffin` step already running, and Python models cannot cancel their own
+decoupled sub-requests before 2.52 (DESIGN.md). So the client's request comes here, and this model
+tells `griffin` itself when its client goes away.
+
+Per request: the settings and the prompt are checked and tokenized in-process
+(griffin_trt.serving.text_prompts, the `preprocessing` model's rules and messages); the request goes to
+the `griffin` model (the one copy of the models and of the scheduler) as a decoupled request under a
+fresh request id; each of its responses is detokenized in-process (griffin_trt.detokenize, as
+`postprocessing` does: streamed chunks concatenate to the unary text) and sent on with the statistics.
+One thread per request relays its responses. A poller asks every live client's sender `is_cancelled()`
+each POLL_S (a stream cancelled or closed, a deadline passed, an HTTP client gone); for such a client,
+or one a response could not be sent to, griffin gets a `stop` request with that id (TensorRT-LLM's
+convention) and frees the row at the start of its next step.
+"""
+import json
+import os
+import sys
+import threading
+import traceback
+import uuid
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+POLL_S = 0.005  # well under one decode step; each poll is one IPC round trip per live request
+TEXT_OUTPUT = "text_output"
+
+
+def _params(args):
+    cfg = json.loads(args["model_config"])
+    return cfg, {k: v.get("string_value", "") for k, v in cfg.get("parameters", {}).items()}
+
+
+def _extend_sys_path(value):
+    for p in reversed([p for p in value.split(os.pathsep) if p]):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+
+
+class _Relay:
+    """One client request in flight: its sender and the id its griffin request runs under."""
+
+    __slots__ = ("sender", "rid", "stopped")
+
+    def __init__(self, sender):
+        self.sender, self.rid, self.stopped = sender, uuid.uuid4().hex, False
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        cfg, params = _params(args)
+        _extend_sys_path(params.get("python_path", ""))
+        if int(np.__version__.split(".")[0]) >= 2:
+            raise RuntimeError(f"numpy {np.__version__} in the serving environment: pb_utils.Tensor outputs come back empty with numpy 2; install numpy<2")
+        from transformers import AutoTokenizer
+
+        from griffin_trt import request_rules
+        from griffin_trt.detokenize import continuation_text
+        from griffin_trt.serving.text_prompts import TextPrompts
+        from griffin_trt.serving.trtllm_inputs import INPUTS
+
+        self.rules, self.continuation_text = request_rules, continuation_text
+        self.tokenizer = AutoTokenizer.from_pretrained(params["tokenizer_dir"])
+        self.prompts = TextPrompts(self.tokenizer, int(params["max_input_len"]), int(params["max_output_len"]))
+        self.griffin = params["scheduler_model"]
+        # Every other input goes to griffin under griffin's name; every output but the text is griffin's.
+        self.forward = [(i.name, i.griffin) for i in INPUTS if i.griffin] + [("speculative", "speculative")]
+        self.outputs = [o["name"] for o in cfg["output"] if o["name"] != TEXT_OUTPUT]
+        self.wanted = self.outputs + ["context_ids", "is_final"]
+        self._live = {}  # rid -> _Relay
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="ensemble-cancel-poller", daemon=True)
+        self._poller.start()
+
+    # ------------------------------------------------------------------ requests
+    def _scalar(self, request, name):
+        t = pb_utils.get_input_tensor_by_name(request, name)
+        if t is None:
+            return None
+        a = t.as_numpy().reshape(-1)
+        if a.size != 1:
+            raise self.rules.RequestError(f"{name} must hold one value per request, got {a.size}")
+        return a[0]
+
+    def _griffin_request(self, request, rid):
+        """The griffin request for a text request (refused with RequestError before any tokenizing)."""
+        self.prompts.check_settings(lambda name: self._scalar(request, name))
+        query = pb_utils.get_input_tensor_by_name(request, "text_input")
+        ids = np.asarray(self.prompts.encode(None if query is None else query.as_numpy()), np.int32).reshape(1, -1)
+        tensors = [pb_utils.Tensor("input_ids", ids),
+                   pb_utils.Tensor("input_lengths", np.array([[ids.shape[1]]], np.int32))]
+        for name, griffin_name in self.forward:
+            t = pb_utils.get_input_tensor_by_name(request, name)
+            if t is not None:
+                tensors.append(pb_utils.Tensor(griffin_name, t.as_numpy()))
+        raw = request.parameters()
+        extra = {"parameters": json.loads(raw)} if raw and raw != "{}" else {}
+        return pb_utils.InferenceRequest(model_name=self.griffin, request_id=rid, inputs=tensors,
+                                         requested_output_names=self.wanted, **extra)
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            relay = _Relay(sender)
+            try:
+                sub = self._griffin_request(request, relay.rid)
+            except ValueError as e:  # RequestError: one line naming the problem
+                self._error(sender, str(e))
+                continue
+            except Exception as e:  # a bug: this request fails, the others are served
+                pb_utils.Logger.log_error(f"ensemble: could not forward a request: {traceback.format_exc()}")
+                self._error(sender, f"internal error: {type(e).__name__}: {e}")
+                continue
+            with self._lock:
+                self._live[relay.rid] = relay
+            threading.Thread(target=self._relay, args=(relay, sub), name="ensemble-relay", daemon=True).start()
+        return None
+
+    def _relay(self, relay, sub):
+        ended = False
+        try:
+            for resp in sub.exec(decoupled=True):
+                if ended:
+                    continue  # griffin's stream ends with its FINAL flag; nothing follows ours
+                if resp.has_error():
+                    err = resp.error()  # griffin's message as it is; CANCELLED stays CANCELLED
+                    ended = self._error(relay.sender, err.message(), err.code() if hasattr(err, "code") else None)
+                    continue
+                if pb_utils.get_output_tensor_by_name(resp, "output_ids") is None:
+                    continue  # an empty final response
+                out, ended = self._text_response(resp)
+                self._send(relay, out, FINAL if ended else 0)
+        except Exception as e:  # noqa: BLE001 - griffin unreachable: this request fails, not the model
+            pb_utils.Logger.log_error(f"ensemble: relaying from {self.griffin} failed: {traceback.format_exc()}")
+            if not ended:
+                ended = self._error(relay.sender, f"internal error: {type(e).__name__}: {e}")
+        finally:
+            with self._lock:
+                self._live.pop(relay.rid, None)
+            if not ended:
+                self._error(relay.sender, "the request ended without a final response")
+
+    def _text_response(self, resp):
+        """griffin's response as the ensemble's: the text its ids add, and griffin's other outputs."""
+        get = lambda name: pb_utils.get_output_tensor_by_name(resp, name).as_numpy()  # noqa: E731
+        ids, last = get("output_ids"), bool(get("is_final").reshape(-1)[0])
+        text = self.continuation_text(self.tokenizer, get("context_ids").reshape(-1), ids.reshape(-1), last)
+        tensors = [pb_utils.Tensor(TEXT_OUTPUT, np.array([[text.encode("utf-8")]], np.object_))]
+        tensors += [pb_utils.Tensor(name, get(name)) for name in self.outputs]
+        return pb_utils.InferenceResponse(output_tensors=tensors), last
+
+    def _send(self, relay, response, flags):
+        try:
+            relay.sender.send(response, flags=flags)
+        except Exception:  # noqa: BLE001 - the client went away
+            self._stop(relay)
+
+    def _error(self, sender, message, code=None):
+        """A FINAL error response (the client may be gone); returns True: the request has ended."""
+        err = pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+        try:
+            sender.send(pb_utils.InferenceResponse(output_tensors=[], error=err), flags=FINAL)
+        except Exception:  # noqa: BLE001 - the client is gone
+            pass
+        return True
+
+    # ------------------------------------------------------------------ cancellation
+    def _poll(self):
+        while not self._closing.wait(POLL_S):
+            with self._lock:
+                relays = [r for r in self._live.values() if not r.stopped]
+            for relay in relays:
+                try:
+                    if relay.sender.is_cancelled():
+                        self._stop(relay)
+                except Exception:  # noqa: BLE001 - keep polling the others
+                    pb_utils.Logger.log_error(f"ensemble: cancellation poll failed: {traceback.format_exc(limit=1)}")
+
+    def _stop(self, relay):
+        """Tell griffin to free the request's row (its relay thread then gets griffin's final response)."""
+        if relay.stopped:
+            return
+        relay.stopped = True
+        stop = pb_utils.InferenceRequest(model_name=self.griffin, request_id=relay.rid, requested_output_names=[],
+                                         inputs=[pb_utils.Tensor("stop", np.array([[True]], np.bool_))])
+        for resp in stop.exec(decoupled=True):
+            if resp.has_error():
+                pb_utils.Logger.log_error(f"ensemble: {self.griffin} refused a stop: {resp.error().message()}")
+
+    def finalize(self):
+        self._closing.set()
+        self._poller.join(timeout=5)
