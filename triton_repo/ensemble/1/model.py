@@ -43,12 +43,17 @@ def _extend_sys_path(value):
 
 
 class _Relay:
-    """One client request in flight: its sender and the id its griffin request runs under."""
+    """One client request in flight: its sender and the id its griffin request runs under. `lock`
+    orders sends and cancellation polls: tritonserver 2.51 frees a response factory with its FINAL
+    response, and `is_cancelled()` on it after that crashes the server (seen here: SIGSEGV in
+    TRITONBACKEND_ResponseFactoryIsCancelled), so nothing touches the sender once `done`."""
 
-    __slots__ = ("sender", "rid", "stopped")
+    __slots__ = ("sender", "rid", "lock", "done", "stopped")
 
     def __init__(self, sender):
-        self.sender, self.rid, self.stopped = sender, uuid.uuid4().hex, False
+        self.sender, self.rid = sender, uuid.uuid4().hex
+        self.lock = threading.Lock()
+        self.done = self.stopped = False
 
 
 class TritonPythonModel:
@@ -72,6 +77,9 @@ class TritonPythonModel:
         self.forward = [(i.name, i.griffin) for i in INPUTS if i.griffin] + [("speculative", "speculative")]
         self.outputs = [o["name"] for o in cfg["output"] if o["name"] != TEXT_OUTPUT]
         self.wanted = self.outputs + ["context_ids", "is_final"]
+        self._stop_inputs = [pb_utils.Tensor("stop", np.array([[True]], np.bool_)),
+                             pb_utils.Tensor("input_ids", np.zeros((1, 1), np.int32)),
+                             pb_utils.Tensor("request_output_len", np.ones((1, 1), np.int32))]
         self._live = {}  # rid -> _Relay
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -111,11 +119,11 @@ class TritonPythonModel:
             try:
                 sub = self._griffin_request(request, relay.rid)
             except ValueError as e:  # RequestError: one line naming the problem
-                self._error(sender, str(e))
+                self._error(relay, str(e))
                 continue
             except Exception as e:  # a bug: this request fails, the others are served
                 pb_utils.Logger.log_error(f"ensemble: could not forward a request: {traceback.format_exc()}")
-                self._error(sender, f"internal error: {type(e).__name__}: {e}")
+                self._error(relay, f"internal error: {type(e).__name__}: {e}")
                 continue
             with self._lock:
                 self._live[relay.rid] = relay
@@ -123,28 +131,21 @@ class TritonPythonModel:
         return None
 
     def _relay(self, relay, sub):
-        ended = False
         try:
             for resp in sub.exec(decoupled=True):
-                if ended:
-                    continue  # griffin's stream ends with its FINAL flag; nothing follows ours
                 if resp.has_error():
                     err = resp.error()  # griffin's message as it is; CANCELLED stays CANCELLED
-                    ended = self._error(relay.sender, err.message(), err.code() if hasattr(err, "code") else None)
-                    continue
-                if pb_utils.get_output_tensor_by_name(resp, "output_ids") is None:
-                    continue  # an empty final response
-                out, ended = self._text_response(resp)
-                self._send(relay, out, FINAL if ended else 0)
+                    self._error(relay, err.message(), err.code() if hasattr(err, "code") else None)
+                elif pb_utils.get_output_tensor_by_name(resp, "output_ids") is not None:  # not an empty final
+                    out, last = self._text_response(resp)
+                    self._send(relay, out, FINAL if last else 0)
         except Exception as e:  # noqa: BLE001 - griffin unreachable: this request fails, not the model
             pb_utils.Logger.log_error(f"ensemble: relaying from {self.griffin} failed: {traceback.format_exc()}")
-            if not ended:
-                ended = self._error(relay.sender, f"internal error: {type(e).__name__}: {e}")
+            self._error(relay, f"internal error: {type(e).__name__}: {e}")
         finally:
             with self._lock:
                 self._live.pop(relay.rid, None)
-            if not ended:
-                self._error(relay.sender, "the request ended without a final response")
+            self._error(relay, "the request ended without a final response")  # unless one was sent
 
     def _text_response(self, resp):
         """griffin's response as the ensemble's: the text its ids add, and griffin's other outputs."""
@@ -155,20 +156,23 @@ class TritonPythonModel:
         tensors += [pb_utils.Tensor(name, get(name)) for name in self.outputs]
         return pb_utils.InferenceResponse(output_tensors=tensors), last
 
-    def _send(self, relay, response, flags):
-        try:
-            relay.sender.send(response, flags=flags)
-        except Exception:  # noqa: BLE001 - the client went away
-            self._stop(relay)
+    def _send(self, relay, response, flags=0):
+        """Sends unless the request has had its FINAL response; a client that is gone gets its griffin
+        request stopped."""
+        with relay.lock:
+            if relay.done:
+                return
+            relay.done = bool(flags & FINAL)
+            try:
+                relay.sender.send(response, flags=flags)
+                return
+            except Exception:  # noqa: BLE001 - the client went away
+                pass
+        self._stop(relay)
 
-    def _error(self, sender, message, code=None):
-        """A FINAL error response (the client may be gone); returns True: the request has ended."""
+    def _error(self, relay, message, code=None):
         err = pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
-        try:
-            sender.send(pb_utils.InferenceResponse(output_tensors=[], error=err), flags=FINAL)
-        except Exception:  # noqa: BLE001 - the client is gone
-            pass
-        return True
+        self._send(relay, pb_utils.InferenceResponse(output_tensors=[], error=err), FINAL)
 
     # ------------------------------------------------------------------ cancellation
     def _poll(self):
@@ -177,18 +181,22 @@ class TritonPythonModel:
                 relays = [r for r in self._live.values() if not r.stopped]
             for relay in relays:
                 try:
-                    if relay.sender.is_cancelled():
+                    with relay.lock:
+                        cancelled = not relay.done and relay.sender.is_cancelled()
+                    if cancelled:
                         self._stop(relay)
                 except Exception:  # noqa: BLE001 - keep polling the others
                     pb_utils.Logger.log_error(f"ensemble: cancellation poll failed: {traceback.format_exc(limit=1)}")
 
     def _stop(self, relay):
         """Tell griffin to free the request's row (its relay thread then gets griffin's final response)."""
-        if relay.stopped:
-            return
-        relay.stopped = True
+        with self._lock:
+            if relay.stopped or relay.rid not in self._live:
+                return  # stopped already, or griffin has finished with it
+            relay.stopped = True
+        # griffin's required inputs come along (tritonserver checks them before griffin sees `stop`).
         stop = pb_utils.InferenceRequest(model_name=self.griffin, request_id=relay.rid, requested_output_names=[],
-                                         inputs=[pb_utils.Tensor("stop", np.array([[True]], np.bool_))])
+                                         inputs=self._stop_inputs)
         for resp in stop.exec(decoupled=True):
             if resp.has_error():
                 pb_utils.Logger.log_error(f"ensemble: {self.griffin} refused a stop: {resp.error().message()}")
