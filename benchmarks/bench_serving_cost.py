@@ -3,7 +3,8 @@
 One run, one build, one prompt set. In-process, the runtime's step-level scheduler decodes the prompts
 with `--concurrency` requests in flight (the loop the `griffin` model runs, without Triton). Over gRPC,
 a real tritonserver per template set (`--templates LABEL=DIR`, default: the checked-in `triton_repo/`)
-serves the same build, and `GriffinClient`s stream the same prompts at the same concurrency to each
+serves the same build (and `--server LABEL=HOST:PORT` names one already running, e.g. another
+checkout's `griffin-trt serve` of the same build, to compare before and after a change), and `GriffinClient`s stream the same prompts at the same concurrency to each
 `--models` entry (`ensemble`: text in and out; `griffin`: token ids). Every server is started before
 the first measurement and stays up, idle, while the others are measured; rounds are interleaved and
 repeated, so a busy machine slows every configuration alike. TPOT = (last chunk - first chunk) /
@@ -11,7 +12,7 @@ repeated, so a busy machine slows every configuration alike. TPOT = (last chunk 
 figure is the median over requests, then the median over `--repeats` rounds.
 
     python benchmarks/bench_serving_cost.py [--recipe build/demo.toml] [--concurrency 1,8]
-        [--models ensemble,griffin] [--templates before=/tmp/old_triton_repo --templates after=triton_repo]
+        [--models ensemble,griffin] [--templates LABEL=DIR ...] [--server LABEL=HOST:PORT ...]
         [--num-prompts 16] [--max-tokens 64] [--repeats 3] [--json out.json]
 """
 from __future__ import annotations
@@ -110,6 +111,8 @@ def main() -> int:
     ap.add_argument("--models", default="ensemble,griffin")
     ap.add_argument("--templates", action="append", default=[], metavar="LABEL=DIR",
                     help="a template set to serve (repeatable; default: this checkout's triton_repo/)")
+    ap.add_argument("--server", action="append", default=[], metavar="LABEL=HOST:PORT",
+                    help="a running server's gRPC address to measure too (repeatable)")
     ap.add_argument("--num-prompts", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
@@ -121,6 +124,7 @@ def main() -> int:
     conc = [int(c) for c in args.concurrency.split(",")]
     models = args.models.split(",")
     sets = [t.split("=", 1) for t in args.templates] or [["this", str(templates_dir())]]
+    running = dict(s.split("=", 1) for s in args.server)
     runtime = load_runtime(recipe, build_dir=build_dir)
     texts = [p["prompt"] for p in load_prompts(num=args.num_prompts)]
     ids = [runtime.encode(t)[: recipe.limits.max_input_len] for t in texts]
@@ -129,20 +133,21 @@ def main() -> int:
     samples: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="serving-cost-") as tmp:
         servers = {label: serve(recipe, build_dir, label, Path(d), Path(tmp)) for label, d in sets}
+        urls = {**running, **{label: s.grpc_url for label, s in servers.items()}}
         try:
-            for label, s in servers.items():  # warm-up
+            for url in urls.values():  # warm-up
                 for m in models:
-                    grpc_tpots(s.grpc_url, m, texts[:2], ids[:2], 1, 8)
+                    grpc_tpots(url, m, texts[:2], ids[:2], 1, 8)
             for rnd in range(args.repeats):
                 for c in conc:
                     key = f"in-process c={c}"
                     samples.setdefault(key, []).append(statistics.median(
                         inprocess_tpots(runtime, ids, c, args.max_tokens)))
-                    for label, s in servers.items():
+                    for label, url in urls.items():
                         for m in models:
                             key = f"{label} {m} c={c}"
                             samples.setdefault(key, []).append(statistics.median(
-                                grpc_tpots(s.grpc_url, m, texts, ids, c, args.max_tokens)))
+                                grpc_tpots(url, m, texts, ids, c, args.max_tokens)))
                 print(f"round {rnd + 1}/{args.repeats} done", file=sys.stderr, flush=True)
         finally:
             for s in servers.values():

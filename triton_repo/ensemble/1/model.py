@@ -82,6 +82,7 @@ class TritonPythonModel:
                              pb_utils.Tensor("request_output_len", np.ones((1, 1), np.int32))]
         self._live = {}  # rid -> _Relay
         self._lock = threading.Lock()
+        self._any_live = threading.Condition(self._lock)  # the poller sleeps while nothing is in flight
         self._closing = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="ensemble-cancel-poller", daemon=True)
         self._poller.start()
@@ -127,6 +128,7 @@ class TritonPythonModel:
                 continue
             with self._lock:
                 self._live[relay.rid] = relay
+                self._any_live.notify()
             threading.Thread(target=self._relay, args=(relay, sub), name="ensemble-relay", daemon=True).start()
         return None
 
@@ -178,6 +180,7 @@ class TritonPythonModel:
     def _poll(self):
         while not self._closing.wait(POLL_S):
             with self._lock:
+                self._any_live.wait_for(lambda: self._live or self._closing.is_set())
                 relays = [r for r in self._live.values() if not r.stopped]
             for relay in relays:
                 try:
@@ -203,4 +206,6 @@ class TritonPythonModel:
 
     def finalize(self):
         self._closing.set()
+        with self._lock:
+            self._any_live.notify()
         self._poller.join(timeout=5)
