@@ -126,18 +126,15 @@ class TritonPythonModel:
                 pb_utils.Logger.log_error(f"ensemble: could not forward a request: {traceback.format_exc()}")
                 self._error(relay, f"internal error: {type(e).__name__}: {e}")
                 continue
+            with self._lock:
+                self._live[relay.rid] = relay
+                self._any_live.notify()
             threading.Thread(target=self._relay, args=(relay, sub), name="ensemble-relay", daemon=True).start()
         return None
 
     def _relay(self, relay, sub):
         try:
-            responses = sub.exec(decoupled=True)
-            # Polled (and so stoppable) only now that griffin has the request queued: a `stop` queues
-            # behind it and cannot overtake it.
-            with self._lock:
-                self._live[relay.rid] = relay
-                self._any_live.notify()
-            for resp in responses:
+            for resp in sub.exec(decoupled=True):  # returns with the first response
                 if resp.has_error():
                     err = resp.error()  # griffin's message as it is; CANCELLED stays CANCELLED
                     self._error(relay, err.message(), err.code() if hasattr(err, "code") else None)

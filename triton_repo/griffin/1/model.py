@@ -12,7 +12,9 @@ cancelled request, or one whose response could not be sent (the client went away
 the scheduler, which frees its row at the start of the next step. A request whose `stop` input is
 true (TensorRT-LLM's convention) stops every live request with its request id the same way, and is
 answered with an empty FINAL response: the `ensemble` model, which calls this one, sends one when its
-own client goes away, since tritonserver 2.51 passes no cancellation to a model's sub-requests.
+own client goes away, since tritonserver 2.51 passes no cancellation to a model's sub-requests. A stop
+can overtake its request (the two are sent from different threads), so the ids of stops that found
+nothing are kept for a while (EARLY_STOPS) and such a request is cancelled as it arrives.
 Either way the request ends with a FINAL response and is counted in
 `griffin_requests{outcome="cancelled"}`.
 
@@ -40,6 +42,7 @@ STAT_NAMES_INT32 = ("target_forwards", "num_decode_steps", "total_accepted_draft
                     "num_input_tokens", "num_output_tokens")
 STAT_NAMES_INT64 = ("arrival_time_ns", "first_token_time_ns", "last_token_time_ns", "first_scheduled_time_ns")
 KNOWN_PARAMETERS = frozenset()  # request parameters this model understands (none: use input tensors)
+EARLY_STOPS = (1024, 60.0)  # ids of stops that found no request: how many, and for how many seconds
 TIME_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
 
 
@@ -131,6 +134,7 @@ class TritonPythonModel:
         self._noted = set()  # ignored TensorRT-LLM inputs already logged
         self._jobs = {}  # id(request) -> _Job, live requests
         self._by_rid = {}  # Triton request id -> {id(request)}: what a `stop` request names
+        self._early_stops = {}  # request id -> monotonic time of a stop that found nothing (oldest first)
         self._jobs_lock = threading.Lock()
         self._pending_tokens = {}  # mode -> tokens emitted this step (flushed into the counter per step)
         self._init_metrics(args)
@@ -298,6 +302,9 @@ class TritonPythonModel:
             self._jobs[id(job.req)] = job
             if job.rid:
                 self._by_rid.setdefault(job.rid, set()).add(id(job.req))
+                stopped_at = self._early_stops.pop(job.rid, None)
+                if stopped_at is not None and time.monotonic() - stopped_at < EARLY_STOPS[1]:
+                    self.scheduler.cancel(job.req)  # its stop came first: it ends before it decodes
 
     def _unregister(self, job):
         with self._jobs_lock:
@@ -314,6 +321,10 @@ class TritonPythonModel:
             raise BadRequest("stop needs the request id of the request to stop")
         with self._jobs_lock:
             jobs = [self._jobs[k] for k in self._by_rid.get(rid, ())]
+            if not jobs:
+                self._early_stops[rid] = time.monotonic()
+                while len(self._early_stops) > EARLY_STOPS[0]:
+                    del self._early_stops[next(iter(self._early_stops))]
         for job in jobs:
             self.scheduler.cancel(job.req)
 
