@@ -162,3 +162,49 @@ def test_the_next_request_starts_at_once_after_a_full_batch_leaves(deployment):
         metric_total(before, "griffin_requests", outcome="cancelled") + MAX_BATCH
     # Before the fix (a Triton ensemble) the 8 departed streams were decoded to the end first: seconds.
     assert after_full < max(5 * idle, idle + 0.25), (idle, after_full)
+
+
+def _stop(url, rid):
+    """TensorRT-LLM's stop convention on griffin: `stop` = true under the request id to stop (with the
+    inputs tritonserver requires); answered with an empty final response."""
+    import tritonclient.grpc as g
+
+    spec = [("stop", np.array([[True]], np.bool_), "BOOL"), ("input_ids", np.zeros((1, 1), np.int32), "INT32"),
+            ("request_output_len", np.ones((1, 1), np.int32), "INT32")]
+    c = g.InferenceServerClient(url)
+    q = queue.Queue()
+    c.start_stream(callback=lambda result, error: q.put((result, error)))
+    c.async_stream_infer("griffin", infer_inputs(spec), request_id=rid, enable_empty_final_response=True)
+    result, error = q.get(timeout=60)
+    c.stop_stream()
+    c.close()
+    assert error is None and result.get_response().parameters["triton_final_response"].bool_param
+
+
+def test_a_stop_request_ends_the_request_with_its_id_even_one_that_comes_after_it(deployment):
+    import tritonclient.grpc as g
+
+    server = deployment["server"]
+    before = settled_metrics(server)
+    for rid, stop_first in (("to-stop-1", False), ("to-stop-2", True)):
+        if stop_first:  # a stop can overtake its request (the ensemble sends both from different threads)
+            _stop(server.grpc_url, rid)
+        c = g.InferenceServerClient(server.grpc_url)
+        q = queue.Queue()
+        c.start_stream(callback=lambda result, error, q=q: q.put((result, error)))
+        c.async_stream_infer("griffin", infer_inputs(_spec("griffin", True)), request_id=rid)
+        if not stop_first:
+            result, error = q.get(timeout=60)
+            assert error is None
+            _stop(server.grpc_url, rid)
+        while True:
+            result, error = q.get(timeout=60)
+            if error is not None:
+                break
+        c.stop_stream()
+        c.close()
+        assert "cancelled" in str(error), error
+    after = settled_metrics(server)
+    assert metric_total(after, "griffin_requests", outcome="cancelled") == \
+        metric_total(before, "griffin_requests", outcome="cancelled") + 2
+    assert metric_total(after, "griffin_generated_tokens") - metric_total(before, "griffin_generated_tokens") < 4 * 8
