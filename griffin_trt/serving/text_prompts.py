@@ -22,8 +22,18 @@ class TextPrompts:
         self.max_input_len, self.max_output_len = max_input_len, max_output_len
         self.bytes_per_token = rules.max_token_bytes(tokenizer)
 
-    def check_settings(self, scalar: Callable[[str], object]) -> None:
-        """`scalar(name)`: the request's one value for that ensemble input as a numpy scalar, or None."""
+    def check_settings(self, tensor: Callable[[str], object]) -> None:
+        """`tensor(name)`: the request's array for that ensemble input (numpy), or None when absent."""
+
+        def scalar(name):
+            a = tensor(name)
+            if a is None:
+                return None
+            a = a.reshape(-1)
+            if a.size != 1:
+                raise rules.RequestError(f"{name} must hold one value per request, got {a.size}")
+            return a[0]
+
         n = scalar("max_tokens")
         rules.check_max_tokens(None if n is None else int(n), self.max_output_len)
         for name, check in EARLY_CHECKS:

@@ -42,6 +42,11 @@ def _extend_sys_path(value):
             sys.path.insert(0, p)
 
 
+def _array(request, name):
+    t = pb_utils.get_input_tensor_by_name(request, name)
+    return None if t is None else t.as_numpy()
+
+
 class _Relay:
     """One client request in flight: its sender and the id its griffin request runs under. `lock`
     orders sends and cancellation polls: tritonserver 2.51 frees a response factory with its FINAL
@@ -64,12 +69,11 @@ class TritonPythonModel:
             raise RuntimeError(f"numpy {np.__version__} in the serving environment: pb_utils.Tensor outputs come back empty with numpy 2; install numpy<2")
         from transformers import AutoTokenizer
 
-        from griffin_trt import request_rules
         from griffin_trt.detokenize import continuation_text
         from griffin_trt.serving.text_prompts import TextPrompts
         from griffin_trt.serving.trtllm_inputs import INPUTS
 
-        self.rules, self.continuation_text = request_rules, continuation_text
+        self.continuation_text = continuation_text
         self.tokenizer = AutoTokenizer.from_pretrained(params["tokenizer_dir"])
         self.prompts = TextPrompts(self.tokenizer, int(params["max_input_len"]), int(params["max_output_len"]))
         self.griffin = params["scheduler_model"]
@@ -88,26 +92,16 @@ class TritonPythonModel:
         self._poller.start()
 
     # ------------------------------------------------------------------ requests
-    def _scalar(self, request, name):
-        t = pb_utils.get_input_tensor_by_name(request, name)
-        if t is None:
-            return None
-        a = t.as_numpy().reshape(-1)
-        if a.size != 1:
-            raise self.rules.RequestError(f"{name} must hold one value per request, got {a.size}")
-        return a[0]
-
     def _griffin_request(self, request, rid):
         """The griffin request for a text request (refused with RequestError before any tokenizing)."""
-        self.prompts.check_settings(lambda name: self._scalar(request, name))
-        query = pb_utils.get_input_tensor_by_name(request, "text_input")
-        ids = np.asarray(self.prompts.encode(None if query is None else query.as_numpy()), np.int32).reshape(1, -1)
+        self.prompts.check_settings(lambda name: _array(request, name))
+        ids = np.asarray(self.prompts.encode(_array(request, "text_input")), np.int32).reshape(1, -1)
         tensors = [pb_utils.Tensor("input_ids", ids),
                    pb_utils.Tensor("input_lengths", np.array([[ids.shape[1]]], np.int32))]
         for name, griffin_name in self.forward:
-            t = pb_utils.get_input_tensor_by_name(request, name)
-            if t is not None:
-                tensors.append(pb_utils.Tensor(griffin_name, t.as_numpy()))
+            a = _array(request, name)
+            if a is not None:
+                tensors.append(pb_utils.Tensor(griffin_name, a))
         raw = request.parameters()
         extra = {"parameters": json.loads(raw)} if raw and raw != "{}" else {}
         return pb_utils.InferenceRequest(model_name=self.griffin, request_id=rid, inputs=tensors,

@@ -32,6 +32,11 @@ def _extend_sys_path(value):
             sys.path.insert(0, p)
 
 
+def _array(request, name):
+    t = pb_utils.get_input_tensor_by_name(request, name)
+    return None if t is None else t.as_numpy()
+
+
 class TritonPythonModel:
     def initialize(self, args):
         params = _params(args)
@@ -40,26 +45,14 @@ class TritonPythonModel:
             raise RuntimeError(f"numpy {np.__version__} in the serving environment: pb_utils.Tensor outputs come back empty with numpy 2; install numpy<2")
         from transformers import AutoTokenizer
 
-        from griffin_trt import request_rules
         from griffin_trt.serving.text_prompts import TextPrompts
 
-        self.rules = request_rules
         tokenizer = AutoTokenizer.from_pretrained(params["tokenizer_dir"])
         self.prompts = TextPrompts(tokenizer, int(params["max_input_len"]), int(params["max_output_len"]))
 
-    def _scalar(self, request, name):
-        t = pb_utils.get_input_tensor_by_name(request, TENSOR_NAMES.get(name, name))
-        if t is None:
-            return None
-        a = t.as_numpy().reshape(-1)
-        if a.size != 1:
-            raise self.rules.RequestError(f"{name} must hold one value per request, got {a.size}")
-        return a[0]
-
     def _one(self, request):
-        self.prompts.check_settings(lambda name: self._scalar(request, name))
-        t = pb_utils.get_input_tensor_by_name(request, "QUERY")
-        ids = self.prompts.encode(None if t is None else t.as_numpy())
+        self.prompts.check_settings(lambda name: _array(request, TENSOR_NAMES[name]))
+        ids = self.prompts.encode(_array(request, "QUERY"))
         ids = np.asarray(ids, dtype=np.int32).reshape(1, -1)
         return pb_utils.InferenceResponse(output_tensors=[
             pb_utils.Tensor("INPUT_ID", ids),
