@@ -23,8 +23,9 @@ again on submit) and TensorRT-LLM's input names are in griffin_trt/serving/trtll
 requests get a TritonError and the model keeps serving.
 
 Streamed text: each response carries `context_ids` (the ids sent before it, up to
-detokenize.CONTEXT_TOKENS) and `is_final`; postprocessing decodes context + new ids minus context and
-holds back an unfinished character until a later response (or the last one) completes it.
+detokenize.CONTEXT_TOKENS) and `is_final`; the ensemble model (or postprocessing) decodes context +
+new ids minus context and holds back an unfinished character until a later response (or the last
+one) completes it.
 """
 import json
 import os
@@ -94,7 +95,7 @@ class _Job:
 
     def __init__(self, req, sender, rid, stream, include_prompt, context_tokens):
         self.req, self.sender, self.rid, self.stream, self.include_prompt = req, sender, rid, stream, include_prompt
-        self.ctx = req.prompt[-context_tokens:]  # the ids before the next chunk, for postprocessing
+        self.ctx = req.prompt[-context_tokens:]  # the ids before the next chunk, for the detokenizer
         self.sent = 0
         self.alive = True
         self.mode = "speculative" if req.speculative else "plain"
@@ -371,7 +372,7 @@ class TritonPythonModel:
         if job.stream:
             rest = ids[job.sent:]
         elif job.include_prompt:
-            rest, job.ctx = req.prompt + ids, []  # postprocessing decodes the whole text
+            rest, job.ctx = req.prompt + ids, []  # the detokenizer decodes the whole text
         else:
             rest = ids
         self._send(job, pb_utils.InferenceResponse(output_tensors=self._tensors(job, rest, res)), flags=FINAL)
