@@ -130,3 +130,23 @@ def griffin_metrics(server) -> dict[str, float]:
             name, v = line.rsplit(" ", 1)
             out[name] = float(v)
     return out
+
+
+def metric_total(values, family, **labels) -> float:
+    """The sum of a family's samples whose labels include `labels`."""
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(v for k, v in values.items() if k.startswith(family + "{") and all(w in k for w in want))
+
+
+def settled_metrics(server, timeout=30.0) -> dict[str, float]:
+    """The `griffin_*` samples once they stop moving (every row has finished or been freed)."""
+    import time
+
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        m = griffin_metrics(server)
+        if last is not None and m == last:
+            return m
+        last = m
+        time.sleep(0.3)
+    return last

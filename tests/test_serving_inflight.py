@@ -1,15 +1,11 @@
-"""In-flight batching behind a real tritonserver: requests join a running batch, hang up, and come
-from clients written for TensorRT-LLM (its ensemble input names, Triton's HTTP generate endpoints).
+"""In-flight batching behind a real tritonserver: requests join a running batch and come from clients
+written for TensorRT-LLM (its ensemble input names, Triton's HTTP generate endpoints).
 
 One tiny deployment (torch back end, a character tokenizer) with max_batch 8 and a tree-budget
 schedule, so budgets change with the load. Skipped, with the reason, where tritonserver cannot run.
 """
 import json
 import os
-import queue
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -18,7 +14,8 @@ import numpy as np
 import pytest
 
 from griffin_trt.client.client import GriffinClient
-from serving_helpers import griffin_metrics, greedy_reference, serve_tiny_deployment, stream_responses
+from serving_helpers import (griffin_metrics, greedy_reference, metric_total, serve_tiny_deployment, settled_metrics,
+                             stream_responses)
 
 pytestmark = pytest.mark.server
 
@@ -38,23 +35,6 @@ def deployment(tmp_path_factory):
 def reference(deployment):
     """transformers' own greedy decoding of the tiny target (the lossless ground truth)."""
     return greedy_reference(deployment["root"])
-
-
-def total(values, family, **labels) -> float:
-    want = [f'{k}="{v}"' for k, v in labels.items()]
-    return sum(v for k, v in values.items() if k.startswith(family + "{") and all(w in k for w in want))
-
-
-def settled_metrics(deployment, timeout=30.0):
-    """Metrics once the token counter stops moving (every row has finished or been freed)."""
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        m = griffin_metrics(deployment["server"])
-        if last is not None and m == last:
-            return m
-        last = m
-        time.sleep(0.3)
-    return last
 
 
 def stop_at(text: str, ids: list[int], stops: list[str], tok) -> list[int]:
@@ -158,75 +138,6 @@ def test_tensorrt_llm_inputs_are_used_ignored_or_refused(deployment, reference):
     assert deployment["server"].is_alive()
 
 
-# ------------------------------------------------------------------ cancellation
-
-_DISCONNECTING_CLIENT = r"""
-import sys, time
-import numpy as np
-import tritonclient.grpc as g
-c = g.InferenceServerClient(sys.argv[1])
-def cb(result, error):
-    if result is not None:
-        print(result.as_numpy("output_ids").size, flush=True)
-c.start_stream(callback=cb)
-ins = []
-for name, arr, dt in [("input_ids", np.array([[1, 2, 3]], np.int32), "INT32"),
-                      ("request_output_len", np.array([[256]], np.int32), "INT32"),
-                      ("streaming", np.array([[True]], np.bool_), "BOOL")]:
-    t = g.InferInput(name, list(arr.shape), dt); t.set_data_from_numpy(arr); ins.append(t)
-c.async_stream_infer("griffin", ins)
-time.sleep(600)
-"""
-
-
-def _tokens(m):
-    return total(m, "griffin_generated_tokens")
-
-
-def test_cancelled_or_disconnected_stream_stops_decoding(deployment, reference):
-    """A 256-token stream that is cancelled (gRPC cancel) or whose client dies stops consuming decode
-    steps: the live token counter stops far short of 256, and the server keeps serving."""
-    import tritonclient.grpc as g
-
-    url = deployment["server"].grpc_url
-    for how in ("cancel", "disconnect"):
-        before = settled_metrics(deployment)
-        received = []
-        if how == "cancel":
-            c = g.InferenceServerClient(url)
-            got = queue.Queue()
-            c.start_stream(callback=lambda result, error: got.put(result))
-            ins = []
-            for name, arr, dt in [("input_ids", np.array([[1, 2, 3]], np.int32), "INT32"),
-                                  ("request_output_len", np.array([[256]], np.int32), "INT32"),
-                                  ("streaming", np.array([[True]], np.bool_), "BOOL")]:
-                t = g.InferInput(name, list(arr.shape), dt)
-                t.set_data_from_numpy(arr)
-                ins.append(t)
-            c.async_stream_infer("griffin", ins)
-            while sum(received) < 8:
-                received.append(got.get(timeout=60).as_numpy("output_ids").size)
-            c.stop_stream(cancel_requests=True)
-            c.close()
-        else:
-            proc = subprocess.Popen([sys.executable, "-c", _DISCONNECTING_CLIENT, url], stdout=subprocess.PIPE,
-                                    text=True)
-            try:
-                while sum(received) < 8:
-                    received.append(int(proc.stdout.readline()))
-            finally:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(30)
-        after = settled_metrics(deployment)
-        decoded = _tokens(after) - _tokens(before)
-        # seen here: 9 tokens decoded for 8 received; the bound leaves room for a busy machine
-        assert sum(received) <= decoded <= sum(received) + 48, (how, sum(received), decoded)
-        assert total(after, "griffin_requests", outcome="cancelled") == \
-            total(before, "griffin_requests", outcome="cancelled") + 1, how
-    with GriffinClient(url, model="griffin", timeout_s=120) as c:
-        assert c.generate(input_ids=[5, 6, 7], max_tokens=16).token_ids == reference([5, 6, 7], 16)
-
-
 # ------------------------------------------------------------------ load
 
 
@@ -290,8 +201,8 @@ def test_mixed_load_stays_exact_and_seeded_samples_reproduce(deployment, referen
     assert not errors, errors[:5]
     assert done["greedy"] >= 16 and done["sampled"] >= 4 and done["stopped"] >= 2 and done["plain"] >= 4, done
     m = griffin_metrics(deployment["server"])
-    assert total(m, "griffin_decode_steps", tree_tokens="1") > 0  # plain budget under load
-    assert total(m, "griffin_decode_steps", tree_tokens="12") > 0  # the full tree when alone
+    assert metric_total(m, "griffin_decode_steps", tree_tokens="1") > 0  # plain budget under load
+    assert metric_total(m, "griffin_decode_steps", tree_tokens="12") > 0  # the full tree when alone
     assert deployment["server"].is_alive()
 
 
@@ -299,16 +210,16 @@ def test_prometheus_counters_equal_the_per_request_statistics_of_a_bench_run(dep
     from griffin_trt.client.bench import load_prompts, run_bench
 
     url = deployment["server"].grpc_url
-    before = settled_metrics(deployment)
+    before = settled_metrics(deployment["server"])
     report = run_bench(url, load_prompts(num=8), [1, 3], max_tokens=16, stream=True, show_progress=False,
                        warmup=False)
-    after = settled_metrics(deployment)
+    after = settled_metrics(deployment["server"])
     rows = [r for run in report["runs"] for mode in run["modes"].values() for r in mode["requests"]]
     spec = [r for r in rows if r["mode"] == "speculative"]
     assert rows and all(r["ok"] for r in rows)
 
     def delta(family, **labels):
-        return total(after, family, **labels) - total(before, family, **labels)
+        return metric_total(after, family, **labels) - metric_total(before, family, **labels)
 
     assert delta("griffin_generated_tokens") == sum(r["num_tokens"] for r in rows)
     assert delta("griffin_requests", outcome="ok") == len(rows)

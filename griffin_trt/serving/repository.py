@@ -135,7 +135,8 @@ def tree_schedule_text(recipe) -> str:
 
 
 def trtllm_blocks() -> dict[str, str]:
-    """Input declarations and ensemble mappings for every TensorRT-LLM ensemble input (one table)."""
+    """Input declarations for every TensorRT-LLM ensemble input (one table; the ensemble model maps
+    each to its griffin name from the same table)."""
     from .trtllm_inputs import INPUTS
 
     def decl(name, i, optional):
@@ -143,13 +144,10 @@ def trtllm_blocks() -> dict[str, str]:
         return f'  {{ name: "{name}" data_type: {i.dtype} dims: {i.dims}{opt} }},'
 
     return {
-        # All optional in the ensemble (see its config: preprocessing refuses a missing one by name).
+        # All optional in the ensemble (see its config: its model.py refuses a missing one by name).
         "trtllm_ensemble_inputs": "\n".join(decl(i.name, i, True) for i in INPUTS),
         "trtllm_griffin_inputs": "\n".join(
             decl(i.griffin, i, i.name not in REQUIRED_INPUTS) for i in INPUTS if i.griffin
-        ),
-        "trtllm_ensemble_map": "\n".join(
-            f'      input_map {{ key: "{i.griffin}" value: "{i.name}" }}' for i in INPUTS if i.griffin
         ),
     }
 

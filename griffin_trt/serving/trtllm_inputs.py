@@ -5,7 +5,7 @@ frontend, hand-written gRPC/HTTP clients) send the input names of its `ensemble`
 (triton_backend/all_models/inflight_batcher_llm/ensemble/config.pbtxt). Our ensemble declares every
 one of them with TensorRT-LLM's data type, so such a client works unchanged:
 
-- USE: implemented (text_input goes through preprocessing, the rest straight to `griffin`);
+- USE: implemented (the ensemble model tokenizes text_input and passes the rest to `griffin` under its name);
 - IGNORE: cannot apply here; accepted, and a note is logged once per input name;
 - REFUSE: not implemented; accepted only with the value that changes nothing (`neutral`, or an
   empty tensor), otherwise the request is refused with an error that names the input.
@@ -23,7 +23,7 @@ USE, IGNORE, REFUSE = "use", "ignore", "refuse"
 @dataclass(frozen=True)
 class TrtllmInput:
     name: str  # the ensemble input (TensorRT-LLM's name)
-    griffin: str  # the griffin model input it maps to ("" for text_input: preprocessing's QUERY)
+    griffin: str  # the griffin model input it maps to ("" for text_input, which the ensemble model tokenizes)
     dtype: str  # Triton data type, as TensorRT-LLM declares it
     dims: str  # dims without the batch axis
     policy: str

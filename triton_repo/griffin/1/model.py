@@ -9,16 +9,23 @@ response, flagged FINAL, with the request's statistics; unary requests get every
 
 Cancellation: before every step the thread asks each live request's sender `is_cancelled()`; a
 cancelled request, or one whose response could not be sent (the client went away), is cancelled in
-the scheduler, which frees its row at the start of the next step. Either way the request ends
-with a FINAL response and is counted in `griffin_requests{outcome="cancelled"}`.
+the scheduler, which frees its row at the start of the next step. A request whose `stop` input is
+true (TensorRT-LLM's convention) stops every live request with its request id the same way, and is
+answered with an empty FINAL response: the `ensemble` model, which calls this one, sends one when its
+own client goes away, since tritonserver 2.51 passes no cancellation to a model's sub-requests. A stop
+can overtake its request (the two are sent from different threads), so the ids of stops that found
+nothing are kept for a while (EARLY_STOPS) and such a request is cancelled as it arrives.
+Either way the request ends with a FINAL response and is counted in
+`griffin_requests{outcome="cancelled"}`.
 
 Value rules are `griffin_trt.request_rules` (the CLI's too, same messages; the scheduler applies them
 again on submit) and TensorRT-LLM's input names are in griffin_trt/serving/trtllm_inputs.py; bad
 requests get a TritonError and the model keeps serving.
 
 Streamed text: each response carries `context_ids` (the ids sent before it, up to
-detokenize.CONTEXT_TOKENS) and `is_final`; postprocessing decodes context + new ids minus context and
-holds back an unfinished character until a later response (or the last one) completes it.
+detokenize.CONTEXT_TOKENS) and `is_final`; the ensemble model (or postprocessing) decodes context +
+new ids minus context and holds back an unfinished character until a later response (or the last
+one) completes it.
 """
 import json
 import os
@@ -36,6 +43,7 @@ STAT_NAMES_INT32 = ("target_forwards", "num_decode_steps", "total_accepted_draft
                     "num_input_tokens", "num_output_tokens")
 STAT_NAMES_INT64 = ("arrival_time_ns", "first_token_time_ns", "last_token_time_ns", "first_scheduled_time_ns")
 KNOWN_PARAMETERS = frozenset()  # request parameters this model understands (none: use input tensors)
+EARLY_STOPS = (1024, 60.0)  # ids of stops that found no request: how many, and for how many seconds
 TIME_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
 
 
@@ -83,11 +91,11 @@ def _strings(request, name):
 class _Job:
     """A request in flight: its Triton sender and what the responses need."""
 
-    __slots__ = ("req", "sender", "stream", "include_prompt", "ctx", "sent", "alive", "mode")
+    __slots__ = ("req", "sender", "rid", "stream", "include_prompt", "ctx", "sent", "alive", "mode")
 
-    def __init__(self, req, sender, stream, include_prompt, context_tokens):
-        self.req, self.sender, self.stream, self.include_prompt = req, sender, stream, include_prompt
-        self.ctx = req.prompt[-context_tokens:]  # the ids before the next chunk, for postprocessing
+    def __init__(self, req, sender, rid, stream, include_prompt, context_tokens):
+        self.req, self.sender, self.rid, self.stream, self.include_prompt = req, sender, rid, stream, include_prompt
+        self.ctx = req.prompt[-context_tokens:]  # the ids before the next chunk, for the detokenizer
         self.sent = 0
         self.alive = True
         self.mode = "speculative" if req.speculative else "plain"
@@ -126,6 +134,8 @@ class TritonPythonModel:
         self.scheduler.on_step = self._on_step
         self._noted = set()  # ignored TensorRT-LLM inputs already logged
         self._jobs = {}  # id(request) -> _Job, live requests
+        self._by_rid = {}  # Triton request id -> {id(request)}: what a `stop` request names
+        self._early_stops = {}  # request id -> monotonic time of a stop that found nothing (oldest first)
         self._jobs_lock = threading.Lock()
         self._pending_tokens = {}  # mode -> tokens emitted this step (flushed into the counter per step)
         self._init_metrics(args)
@@ -258,7 +268,7 @@ class TritonPythonModel:
         stream = _scalar(request, "streaming", False, bool)
         # TensorRT-LLM's rule: unary outputs include the prompt unless excluded; streams never do.
         include_prompt = not stream and not _scalar(request, "exclude_input_in_output", False, bool)
-        job = _Job(req, sender, stream, include_prompt, self.detok.CONTEXT_TOKENS)
+        job = _Job(req, sender, request.request_id(), stream, include_prompt, self.detok.CONTEXT_TOKENS)
         req.on_tokens = lambda new, job=job: self._on_tokens(job, new)
         req.on_finish = lambda _req, job=job: self._on_finish(job)
         return job
@@ -268,14 +278,16 @@ class TritonPythonModel:
             arrival = time.time_ns()
             sender = request.get_response_sender()
             try:
+                if _scalar(request, "stop", False, bool):
+                    self._stop_requests(request.request_id())
+                    sender.send(flags=FINAL)
+                    continue
                 job = self._parse(request, sender, arrival)
-                with self._jobs_lock:
-                    self._jobs[id(job.req)] = job
+                self._register(job)
                 try:
                     self.scheduler.submit(job.req)  # validates (runtime rules), then queues
                 except BaseException:
-                    with self._jobs_lock:
-                        self._jobs.pop(id(job.req), None)
+                    self._unregister(job)
                     raise
             except ValueError as e:  # BadRequest, the runtime's request rules, TensorRT-LLM inputs
                 self._error(sender, str(e))
@@ -285,6 +297,37 @@ class TritonPythonModel:
                 self._error(sender, f"internal error: {type(e).__name__}: {e}")
                 self._count("none", None, "failed")
         return None
+
+    def _register(self, job):
+        with self._jobs_lock:
+            self._jobs[id(job.req)] = job
+            if job.rid:
+                self._by_rid.setdefault(job.rid, set()).add(id(job.req))
+                stopped_at = self._early_stops.pop(job.rid, None)
+                if stopped_at is not None and time.monotonic() - stopped_at < EARLY_STOPS[1]:
+                    self.scheduler.cancel(job.req)  # its stop came first: it ends before it decodes
+
+    def _unregister(self, job):
+        with self._jobs_lock:
+            self._jobs.pop(id(job.req), None)
+            same = self._by_rid.get(job.rid)
+            if same is not None:
+                same.discard(id(job.req))
+                if not same:
+                    del self._by_rid[job.rid]
+
+    def _stop_requests(self, rid):
+        """A `stop` request: its rows are freed at the start of the next step, as for a cancellation."""
+        if not rid:
+            raise BadRequest("stop needs the request id of the request to stop")
+        with self._jobs_lock:
+            jobs = [self._jobs[k] for k in self._by_rid.get(rid, ())]
+            if not jobs:
+                self._early_stops[rid] = time.monotonic()
+                while len(self._early_stops) > EARLY_STOPS[0]:
+                    del self._early_stops[next(iter(self._early_stops))]
+        for job in jobs:
+            self.scheduler.cancel(job.req)
 
     # ------------------------------------------------------------------ the scheduler thread
     def _loop(self):
@@ -314,8 +357,7 @@ class TritonPythonModel:
         job.ctx = self.detok.next_context(job.ctx, new)
 
     def _on_finish(self, job):
-        with self._jobs_lock:
-            self._jobs.pop(id(job.req), None)
+        self._unregister(job)
         req, res = job.req, job.req.result
         reason = res.finish_reason
         if reason == "cancelled":
@@ -330,7 +372,7 @@ class TritonPythonModel:
         if job.stream:
             rest = ids[job.sent:]
         elif job.include_prompt:
-            rest, job.ctx = req.prompt + ids, []  # postprocessing decodes the whole text
+            rest, job.ctx = req.prompt + ids, []  # the detokenizer decodes the whole text
         else:
             rest = ids
         self._send(job, pb_utils.InferenceResponse(output_tensors=self._tensors(job, rest, res)), flags=FINAL)
