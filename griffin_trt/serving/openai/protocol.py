@@ -92,15 +92,16 @@ class _Body(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     model: str
+    # null means the default, as OpenAI reads it
     max_tokens: int | None = None
-    temperature: float = 1.0  # OpenAI's default
-    top_p: float = 1.0
-    top_k: int = 0
+    temperature: float | None = None  # default 1.0, OpenAI's
+    top_p: float | None = None
+    top_k: int | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: bool | None = None
     stream_options: _StreamOptions | None = None
-    speculative: bool = True
+    speculative: bool | None = None
     user: str | None = None
     # accepted only at their neutral values (NEUTRAL_ONLY)
     n: Any = None
@@ -190,6 +191,10 @@ def _text_ids(model: ServedModel, text: str, param: str, special_tokens: bool) -
     return _checked(param, rules.check_prompt_ids, ids, model.max_input_len, None)
 
 
+def _default(value, default):
+    return default if value is None else value
+
+
 def _generation(req: _Body, model: ServedModel, prompt_ids: list[int], max_tokens: int | None) -> Generation:
     if req.model != model.name:
         raise OpenAIError(f"The model `{req.model}` does not exist.", status=404, param="model",
@@ -199,13 +204,13 @@ def _generation(req: _Body, model: ServedModel, prompt_ids: list[int], max_token
     return Generation(
         prompt_ids=prompt_ids,
         max_tokens=_checked("max_tokens", rules.check_max_tokens, max_tokens, model.max_output_len),
-        temperature=_checked("temperature", rules.check_temperature, req.temperature),
-        top_p=_checked("top_p", rules.check_top_p, req.top_p),
-        top_k=_checked("top_k", rules.check_top_k, req.top_k),
+        temperature=_checked("temperature", rules.check_temperature, _default(req.temperature, 1.0)),
+        top_p=_checked("top_p", rules.check_top_p, _default(req.top_p, 1.0)),
+        top_k=_checked("top_k", rules.check_top_k, _default(req.top_k, 0)),
         seed=_checked("seed", rules.check_seed, req.seed),
         stop=tuple(s for s in stops if s),  # an empty stop string stops nothing
-        speculative=req.speculative,
-        stream=req.stream,
+        speculative=_default(req.speculative, True),
+        stream=_default(req.stream, False),
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
     )
 
