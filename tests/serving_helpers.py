@@ -164,3 +164,23 @@ def griffin_metrics(server) -> dict[str, float]:
             name, v = line.rsplit(" ", 1)
             out[name] = float(v)
     return out
+
+
+def settled_griffin_metrics(server, timeout: float = 30.0) -> dict[str, float]:
+    """griffin_metrics once the token counter stops moving (every row has finished or been freed)."""
+    import time
+
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        m = griffin_metrics(server)
+        if m == last:
+            return m
+        last = m
+        time.sleep(0.3)
+    return last
+
+
+def metric_total(values: dict[str, float], family: str, **labels) -> float:
+    """The sum of a family's samples whose labels include `labels`."""
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(v for k, v in values.items() if k.startswith(family + "{") and all(w in k for w in want))

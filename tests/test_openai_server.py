@@ -19,8 +19,8 @@ import pytest
 from griffin_trt import request_rules as rules
 from griffin_trt.client.client import GriffinClient
 from griffin_trt.serving.server import free_ports
-from serving_helpers import (greedy_reference, griffin_metrics, skip_unless_tritonserver_runs, tiny_recipe_spec,
-                             write_recipe_toml)
+from serving_helpers import (greedy_reference, metric_total, settled_griffin_metrics, skip_unless_tritonserver_runs,
+                             tiny_recipe_spec, write_recipe_toml)
 
 openai = pytest.importorskip("openai")
 
@@ -87,8 +87,11 @@ def stream_text(chunks, chat=False):
     return "".join(parts)
 
 
-def test_models_and_an_unknown_model(client):
+def test_models_health_and_an_unknown_model(endpoint, client):
     assert [m.id for m in client.models.list()] == [MODEL]
+    assert client.models.retrieve(MODEL).id == MODEL
+    with urllib.request.urlopen(endpoint.base_url.removesuffix("/v1") + "/health", timeout=30) as r:
+        assert r.status == 200
     with pytest.raises(openai.NotFoundError) as e:
         client.completions.create(model="nope", prompt="x", max_tokens=2)
     assert e.value.body["message"] == "The model `nope` does not exist." and e.value.code == "model_not_found"
@@ -202,22 +205,6 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(endpoint, c
     assert client.completions.create(model=MODEL, prompt="abc", max_tokens=8, temperature=0).choices[0].text == want
 
 
-def _settled(endpoint, timeout=30.0) -> dict:
-    """Metrics once the token counter stops moving (every row has finished or been freed)."""
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        m = griffin_metrics(endpoint)
-        if m == last:
-            return m
-        last = m
-        time.sleep(0.3)
-    return last
-
-
-def _total(m: dict, family: str, label: str) -> float:
-    return sum(v for k, v in m.items() if k.startswith(family + "{") and label in k)
-
-
 def test_clients_that_leave_free_their_rows(endpoint, client):
     """Both rows decode 256-token streams whose clients break off after a few chunks, then a unary
     request whose client times out: each stops decoding within a few steps, and the next request starts
@@ -226,7 +213,7 @@ def test_clients_that_leave_free_their_rows(endpoint, client):
     t0 = time.perf_counter()
     client.completions.create(prompt=prompt, **long)
     full_s = time.perf_counter() - t0  # how long a row left decoding would hold up the next request
-    m0 = _settled(endpoint)
+    m0 = settled_griffin_metrics(endpoint)
 
     received = 0
     streams = [client.completions.create(prompt=p, stream=True, **long) for p in (prompt, "class A:")]
@@ -237,19 +224,19 @@ def test_clients_that_leave_free_their_rows(endpoint, client):
                 break
     for s in streams:
         s.close()  # the SDK's way to break off: the HTTP connection closes
-    m1 = _settled(endpoint)
+    m1 = settled_griffin_metrics(endpoint)
     with pytest.raises(openai.APITimeoutError):
         client.with_options(timeout=0.3).completions.create(prompt="while True:", **long)
-    m2 = _settled(endpoint)
+    m2 = settled_griffin_metrics(endpoint)
     t0 = time.perf_counter()
     first = next(iter(client.completions.create(model=MODEL, prompt="x = 1", max_tokens=4, temperature=0, stream=True)))
     ttft_s = time.perf_counter() - t0
 
-    def delta(a, b, family, label=""):
-        return _total(b, family, label) - _total(a, family, label)
+    def delta(a, b, family, **labels):
+        return metric_total(b, family, **labels) - metric_total(a, family, **labels)
 
-    cancelled = 'outcome="cancelled"'
-    assert delta(m0, m1, "griffin_requests", cancelled) == 2 and delta(m1, m2, "griffin_requests", cancelled) == 1
+    cancelled = {"outcome": "cancelled"}
+    assert delta(m0, m1, "griffin_requests", **cancelled) == 2 and delta(m1, m2, "griffin_requests", **cancelled) == 1
     # tree depth 3: a step decodes up to 4 tokens a row; the bound leaves room for a busy machine
     assert received <= delta(m0, m1, "griffin_generated_tokens") <= received + 2 * 48
     assert delta(m1, m2, "griffin_generated_tokens") < MAX_OUT

@@ -11,7 +11,6 @@ import contextlib
 import json
 import time
 import uuid
-from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -98,7 +97,7 @@ class _Kind:
 def create_app(model: ServedModel, grpc_url: str) -> FastAPI:
     state: dict = {}
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def lifespan(_app):
         state["streams"] = GriffinStreams(grpc_url)  # made on the server's own event loop
         yield

@@ -195,11 +195,15 @@ def _default(value, default):
     return default if value is None else value
 
 
-def _generation(req: _Body, model: ServedModel, prompt_ids: list[int], max_tokens: int | None) -> Generation:
+def _check_model_and_fields(req: _Body, model: ServedModel) -> None:
+    """Before any tokenizing: another model's request (first, as OpenAI answers), then unsupported fields."""
     if req.model != model.name:
         raise OpenAIError(f"The model `{req.model}` does not exist.", status=404, param="model",
                           code="model_not_found")
     _refuse_unsupported(req)
+
+
+def _generation(req: _Body, model: ServedModel, prompt_ids: list[int], max_tokens: int) -> Generation:
     stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     return Generation(
         prompt_ids=prompt_ids,
@@ -217,8 +221,7 @@ def _generation(req: _Body, model: ServedModel, prompt_ids: list[int], max_token
 
 def parse_completion(body: dict, model: ServedModel) -> Generation:
     req = _validated(CompletionBody, body)
-    if req.model != model.name:  # the model first, as OpenAI answers
-        return _generation(req, model, [], None)
+    _check_model_and_fields(req, model)
     prompt = req.prompt
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
         if len(prompt) != 1:
@@ -228,14 +231,12 @@ def parse_completion(body: dict, model: ServedModel) -> Generation:
         ids = _text_ids(model, prompt, "prompt", special_tokens=True)  # as the preprocessing model does
     else:
         ids = _checked("prompt", rules.check_prompt_ids, prompt, model.max_input_len, None)
-    max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
-    return _generation(req, model, ids, max_tokens)
+    return _generation(req, model, ids, _default(req.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS))
 
 
 def parse_chat(body: dict, model: ServedModel) -> Generation:
     req = _validated(ChatBody, body)
-    if req.model != model.name:
-        return _generation(req, model, [], None)
+    _check_model_and_fields(req, model)
     if not req.messages:
         raise OpenAIError("messages is empty: send at least one message", param="messages")
     if not getattr(model.tokenizer, "chat_template", None):
