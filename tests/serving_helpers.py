@@ -8,7 +8,7 @@ import pytest
 VOCAB = 96
 
 
-def make_char_tokenizer(folder):
+def make_char_tokenizer(folder, chat_template: str | None = None):
     """A character tokenizer over printable ASCII (ids 0..94) + <unk> (95): offline, exact round trips."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -18,25 +18,28 @@ def make_char_tokenizer(folder):
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tk.decoder = decoders.Fuse()
-    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>").save_pretrained(folder)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>")
+    if chat_template:
+        tok.chat_template = chat_template
+    tok.save_pretrained(folder)
 
 
-def serve_tiny_deployment(root, limits: dict, schedule: dict | None = None):
-    """Generator for a module fixture: yields {"server", "recipe", "root"} and stops the server after.
-    Skips, with the reason, where tritonserver cannot run here."""
-    from tiny_models import make_drafter, make_target
-
-    from griffin_trt.recipe import recipe_from_dict
-    from griffin_trt.serving.repository import fill_repository
-    from griffin_trt.serving.server import ServerError, TritonServer, check_runnable, find_tritonserver
+def skip_unless_tritonserver_runs():
+    from griffin_trt.serving.server import ServerError, check_runnable, find_tritonserver
 
     try:
         check_runnable(find_tritonserver())
     except ServerError as e:
         pytest.skip(f"tritonserver cannot run here: {e}")
+
+
+def tiny_recipe_spec(root, limits: dict, schedule: dict | None = None, chat_template: str | None = None) -> dict:
+    """A tiny pair (torch back end, character tokenizer) in `root`; returns the recipe as a dict."""
+    from tiny_models import make_drafter, make_target
+
     target = make_target(root / "target", vocab=VOCAB)
     make_drafter(root / "drafter", target=target)
-    make_char_tokenizer(root / "target")
+    make_char_tokenizer(root / "target", chat_template)
     spec = {
         "name": "tiny", "model": {"target": "target", "drafter": "drafter"},
         "tree": {"top_k": 4, "depth": 3, "total_tokens": 12},
@@ -45,7 +48,38 @@ def serve_tiny_deployment(root, limits: dict, schedule: dict | None = None):
     }
     if schedule:
         spec["schedule"] = schedule
-    recipe = recipe_from_dict(spec, base=root)
+    return spec
+
+
+def write_recipe_toml(spec: dict, path) -> None:
+    """A recipe dict as a TOML file for the CLI (tables of scalars; lists of tables inline)."""
+    import json
+
+    def value(v):
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return json.dumps(v)
+
+    lines = [f"{k} = {value(v)}" for k, v in spec.items() if not isinstance(v, dict)]
+    for table, body in spec.items():
+        if isinstance(body, dict):
+            lines += [f"[{table}]"] + [f"{k} = {value(v)}" for k, v in body.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def serve_tiny_deployment(root, limits: dict, schedule: dict | None = None):
+    """Generator for a module fixture: yields {"server", "recipe", "root"} and stops the server after.
+    Skips, with the reason, where tritonserver cannot run here."""
+    from griffin_trt.recipe import recipe_from_dict
+    from griffin_trt.serving.repository import fill_repository
+    from griffin_trt.serving.server import ServerError, TritonServer
+
+    skip_unless_tritonserver_runs()
+    recipe = recipe_from_dict(tiny_recipe_spec(root, limits, schedule), base=root)
     repo = fill_repository(recipe, recipe.output_dir)
     server = TritonServer(repo, log_path=root / "tritonserver.log")
     try:

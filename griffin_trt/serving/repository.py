@@ -91,11 +91,17 @@ def _pbtxt_str(v: Any) -> str:
     return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def tokenizer_dir(recipe, out_dir: Path) -> Path:
+    """The tokenizer a deployment serves with: the build's copy, else the recipe's."""
+    tok = Path(out_dir).resolve() / "tokenizer"
+    if (tok / "tokenizer_config.json").is_file() or (tok / "tokenizer.json").is_file():
+        return tok
+    return Path(recipe.tokenizer).resolve()
+
+
 def fill_values(recipe, out_dir: Path, manifest: dict | None = None) -> dict[str, str]:
     out_dir = Path(out_dir).resolve()
     manifest = manifest or {}
-    tok = out_dir / "tokenizer"
-    tokenizer_dir = tok if (tok / "tokenizer_config.json").is_file() or (tok / "tokenizer.json").is_file() else Path(recipe.tokenizer)
     tree = recipe.tree
     values: dict[str, Any] = {
         "recipe_name": recipe.name,
@@ -107,7 +113,7 @@ def fill_values(recipe, out_dir: Path, manifest: dict | None = None) -> dict[str
         "backend": manifest.get("backend", recipe.backend),
         "device": recipe.device,
         "dtype": recipe.dtype,
-        "tokenizer_dir": Path(tokenizer_dir).resolve(),
+        "tokenizer_dir": tokenizer_dir(recipe, out_dir),
         # TensorRT-LLM EagleDecodingConfig names, so a later move onto its flow maps one to one.
         "use_dynamic_tree": "false" if tree.choices else "true",
         "dynamic_tree_max_topK": tree.top_k,

@@ -364,6 +364,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--exit-timeout", type=int, default=EXIT_TIMEOUT_S,
                    help=f"seconds tritonserver waits for in-flight requests when stopping (default {EXIT_TIMEOUT_S})")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness")
+    p.add_argument("--openai-port", type=int, default=None,
+                   help="also serve OpenAI's API (/v1/completions, /v1/chat/completions, /v1/models) on this "
+                        "port, forwarding to the running models (needs the openai extra)")
+    p.add_argument("--openai-host", default=LOOPBACK, help=f"address of the OpenAI endpoint (default {LOOPBACK})")
     p.set_defaults(func=run_serve, handler=run_serve)
     return p
 
@@ -384,6 +388,17 @@ def repository_for(recipe, build_dir: str | os.PathLike | None = None) -> Path:
     return repo
 
 
+def _openai_server(args: argparse.Namespace, recipe, repo: Path, grpc_url: str):
+    """The OpenAI endpoint beside tritonserver, or None without --openai-port."""
+    if args.openai_port is None:
+        return None
+    try:
+        from .openai.runner import OpenAIServer, served_model
+    except ModuleNotFoundError as e:
+        raise ServerError(f"--openai-port needs the openai extra (`pip install -e .[openai]`): {e}") from None
+    return OpenAIServer(served_model(recipe, repo.parent), grpc_url, args.openai_host, args.openai_port).start()
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from ..recipe import load_recipe
 
@@ -393,6 +408,9 @@ def run_serve(args: argparse.Namespace) -> int:
     except ServerError as e:
         print(f"griffin-trt serve: error: {e}", file=sys.stderr)
         return 1
+    if args.openai_port is not None and not 0 < args.openai_port < 65536:
+        print(f"griffin-trt serve: error: --openai-port must be in [1, 65535], got {args.openai_port}", file=sys.stderr)
+        return 2
     server = TritonServer(
         repo,
         grpc_port=args.grpc_port,
@@ -410,17 +428,23 @@ def run_serve(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)
     ready = False
     code = None
+    openai = None
     try:
         server.start(timeout=args.timeout)  # stops the child itself if interrupted before ready
+        openai = _openai_server(args, recipe, repo, server.grpc_url)
         ready = True
         print(
             f"ready: gRPC {server.grpc_url}  HTTP {server.http_url}  metrics {server.metrics_url}  "
-            f"(pid {server.pid}, log {server.log_path}); Ctrl-C stops",
+            + (f"OpenAI {openai.url}  " if openai else "")
+            + f"(pid {server.pid}, log {server.log_path}); Ctrl-C stops",
             flush=True,
         )
-        while server.is_alive():
+        while server.is_alive() and (openai is None or openai.is_alive()):
             time.sleep(0.5)
         code = server.proc.returncode
+        if code is None:  # tritonserver still runs: the OpenAI endpoint's thread ended
+            print("griffin-trt serve: error: the OpenAI endpoint stopped; stopping tritonserver", file=sys.stderr)
+            return 1  # after the finally block below has stopped tritonserver
     except ServerError as e:
         print(f"griffin-trt serve: error: {e}", file=sys.stderr)
         return 1
@@ -431,6 +455,8 @@ def run_serve(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
         try:
+            if openai is not None:
+                openai.stop()
             server.stop()
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -421,6 +421,9 @@ class TritonPythonModel:
         t.append(pb_utils.Tensor("accepted_per_position", np.asarray(per_pos, np.int32).reshape(1, -1)))
         for name, v in zip(STAT_NAMES_INT64, times):
             t.append(pb_utils.Tensor(name, np.array([[int(v)]], np.int64)))
+        # "stop" or "length" on the last response (OpenAI's finish_reason); empty before it.
+        reason = "" if res is None else res.finish_reason
+        t.append(pb_utils.Tensor("finish_reason", np.array([[reason.encode()]], np.object_)))
         return t
 
     def _error(self, sender, msg, cancelled=False):
