@@ -192,7 +192,8 @@ class StepRunner:
         `live` [B] bool marks rows holding a request (the others are free slots riding along as
         padding). `plain` [B] bool marks rows decoding without speculation: their tree is the root
         alone (they ride along in a speculative step and accept nothing drafted). `update_drafter`
-        keeps the drafter's cache in step with the accepted tokens (needed while any row speculates).
+        keeps the drafter in step with the accepted tokens (needed while any row speculates): a
+        drafter call after the verify, or, at a plain budget, pending entries (module docstring).
         """
         s = self.state
         t0 = time.perf_counter()
