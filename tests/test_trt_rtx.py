@@ -1,0 +1,107 @@
+"""Real TensorRT engines on every CI run: TensorRT for RTX builds ahead of time on a CPU-only host.
+
+`scripts/trt_rtx.py` installs the `rtx` extra's TensorRT-RTX (real libraries) into .cache/tensorrt-rtx/
+once; each build runs `griffin-trt build --backend tensorrt-rtx` in a subprocess with it on PYTHONPATH.
+What a GPU would add (deserializing, `get_aliased_input_tensor`, running) is tests/test_trt.py's.
+
+For every build: the engines are written, non-empty and hashed in the manifest; the parsed networks
+hold one KV-cache update layer per cache, from each cache input to its output (so a GPU updates the
+caches in place); and the executor, run over stand-in engines that have exactly the I/O names, dtypes,
+shapes and profile ranges the build read back from its networks and configs, binds every engine tensor
+in every profile it uses.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import _fake_trt as ft
+from griffin_trt.builders.kv_layout import cache_pairs
+from griffin_trt.builders.manifest import read_manifest, sha256_file
+from griffin_trt.models.target import TORCH_DTYPES
+from griffin_trt.runtime.executors.trt_executor import TrtExecutor
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "scripts"))
+
+import trt_rtx  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def rtx() -> trt_rtx.Rtx:
+    try:
+        return trt_rtx.ensure()
+    except trt_rtx.Unavailable as e:
+        pytest.skip(f"TensorRT-RTX cannot be installed here: {e}")
+
+
+def _build(rtx, recipe: Path, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "griffin_trt.cli", "build", "--recipe", str(recipe), "--out", str(out), "--backend",
+           "tensorrt-rtx", "--quiet"]
+    proc = subprocess.run(cmd, env=rtx.env(), capture_output=True, text=True, cwd=HERE.parent, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return read_manifest(out, verify_hashes=True)
+
+
+def _check_build(rtx, out: Path, m: dict, layers: int) -> None:
+    assert m["backend"] == "tensorrt-rtx" and m["tensorrt_library"] == "tensorrt-rtx"
+    assert m["versions"]["tensorrt_rtx"] == rtx.version and m["versions"]["tensorrt"] is None
+    assert m["gpu"] is None and m["files"]["tree_expand_engine"] is None  # no GPU, no plugins
+    for key, caches in (("target", 2 * layers), ("drafter", 2)):
+        plan = out / m["files"][f"{key}_engine"]
+        summary = m["engines"][key]
+        assert plan.stat().st_size > 1 << 20 and summary["bytes"] == plan.stat().st_size
+        assert m["sha256"][plan.name] == sha256_file(plan)
+        # one KV-cache update layer per cache, read from the parsed network: cache input -> its output
+        assert summary["aliases"] == {o: i for i, o in cache_pairs(summary["inputs"])}
+        assert len(summary["aliases"]) == caches
+        assert summary["attention_layers"] == caches // 2
+    _check_executor_binds_the_engines(out, m)
+
+
+def _check_executor_binds_the_engines(out: Path, m: dict) -> None:
+    """Load the executor over stand-ins with the built engines' I/O and profiles; call every profile at its
+    largest T and batch; every launch binds every engine tensor, at shapes the profile accepts."""
+    fake = out.parent / f"{out.name}-fake"
+    fake.mkdir()
+    ft.write_engines_from_summaries(fake, m)
+    trt = ft.module()
+    ex = TrtExecutor(fake, m, device="cpu", trt=trt, runtime=trt.Runtime())
+    dtype = TORCH_DTYPES[m["dtype"]]
+    assert ex.spec.feature_dtype == dtype and ex.target.cache_dtype() == ex.drafter.cache_dtype() == dtype
+    b = m["limits"]["max_batch"]
+    ex.reset(b)
+    s_t, s_d, h = m["target_kv_len"], m["drafter_kv_len"], m["hidden_size"]
+    for prof in ex.target.profiles:
+        t = prof.t_max
+        pos = torch.arange(t).expand(b, t)
+        ex.target_step(torch.zeros(b, t, dtype=torch.long), pos, pos, torch.ones(b, t, s_t, dtype=torch.bool),
+                       logit_index=torch.full((b, 1), t - 1))
+    for prof in ex.drafter.profiles:
+        t = prof.t_max
+        pos = torch.arange(t).expand(b, t)
+        ex.draft_step(torch.zeros(b, t, h), torch.zeros(b, t, dtype=torch.long), pos, pos,
+                      torch.ones(b, t, s_d, dtype=torch.bool))
+    for e in (ex.target, ex.drafter):
+        io = set(e.inputs) | set(e.outputs)
+        assert all(c.launches for c in e.engine.contexts), f"{e.path.name}: a profile was never used"
+        for c in e.engine.contexts:
+            assert set(c.launches[-1]) == io
+    shutil.rmtree(fake)
+
+
+def test_demo_recipe_builds_with_tensorrt_rtx(rtx, repo_root, tmp_path):
+    """The shipped demo recipe as it is: float32 (attention decomposed), 12 layers."""
+    out = tmp_path / "demo"
+    m = _build(rtx, repo_root / "build" / "demo.toml", out)
+    _check_build(rtx, out, m, layers=12)
+    assert "float32 attention has no fused TensorRT kernel: it runs decomposed (BMM + softmax + BMM)" in m["notes"]
+    print(f"demo: target {m['engines']['target']['build_s']} s {m['engines']['target']['bytes'] / 1e6:.1f} MB, "
+          f"drafter {m['engines']['drafter']['build_s']} s {m['engines']['drafter']['bytes'] / 1e6:.1f} MB")
