@@ -12,6 +12,8 @@ in every profile it uses.
 """
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +25,7 @@ import torch
 import _fake_trt as ft
 from griffin_trt.builders.kv_layout import cache_pairs
 from griffin_trt.builders.manifest import read_manifest, sha256_file
+from griffin_trt.builders.trt_library import DATACENTER_ONLY_API, RTX_ONLY_API
 from griffin_trt.models.target import TORCH_DTYPES
 from griffin_trt.runtime.executors.trt_executor import TrtExecutor
 
@@ -105,3 +108,49 @@ def test_demo_recipe_builds_with_tensorrt_rtx(rtx, repo_root, tmp_path):
     assert "float32 attention has no fused TensorRT kernel: it runs decomposed (BMM + softmax + BMM)" in m["notes"]
     print(f"demo: target {m['engines']['target']['build_s']} s {m['engines']['target']['bytes'] / 1e6:.1f} MB, "
           f"drafter {m['engines']['drafter']['build_s']} s {m['engines']['drafter']['bytes'] / 1e6:.1f} MB")
+
+
+def _chains(script_args: list[str], env: dict) -> dict:
+    proc = subprocess.run([sys.executable, str(HERE / "_trt_api_resolve.py"), *script_args], env=env,
+                          capture_output=True, text=True, timeout=600)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("@@CHAINS@@")), None)
+    assert line is not None, proc.stderr[-3000:]
+    return json.loads(line[len("@@CHAINS@@"):])
+
+
+def _missing_api(report: dict) -> dict[str, list[str]]:
+    """{API name as in trt_library's lists: where our source calls it} for every chain that does not resolve."""
+    out: dict[str, list[str]] = {}
+    for chain in report["chains"].values():
+        problem = chain["problem"]
+        if problem is None:
+            continue
+        m = re.fullmatch(r"no module `(.+)`", problem) or re.fullmatch(r"(.+) has no attribute `(.+)`", problem)
+        assert m, problem
+        out.setdefault(".".join(m.groups()), []).extend(chain["where"])
+    return out
+
+
+def test_api_differences_between_the_libraries_for_calls_our_source_uses(rtx):
+    """Every TensorRT call our source makes (read from its AST), resolved in TensorRT-RTX and in datacenter
+    TensorRT 11: what one library lacks is exactly what trt_library.py says only the other one is used for."""
+    sys.path.insert(0, str(HERE.parent / "scripts"))
+    import trt_bindings
+
+    try:
+        datacenter = trt_bindings.ensure("11")
+    except trt_bindings.Unavailable as e:
+        pytest.skip(f"TensorRT 11 bindings unavailable here: {e}")
+    in_rtx = _chains(["--rtx"], rtx.env())
+    in_datacenter = _chains([], datacenter.env())
+    assert in_rtx["chains"].keys() == in_datacenter["chains"].keys()
+    rtx_lacks, datacenter_lacks = _missing_api(in_rtx), _missing_api(in_datacenter)
+    print(f"\nTensorRT-RTX {in_rtx['version']} lacks (datacenter TensorRT only):")
+    for api, where in sorted(rtx_lacks.items()):
+        print(f"  {api}  [{', '.join(sorted(set(where))[:3])}]")
+    print(f"TensorRT {in_datacenter['version']} lacks (TensorRT-RTX only):")
+    for api, where in sorted(datacenter_lacks.items()):
+        print(f"  {api}  [{', '.join(sorted(set(where))[:3])}]")
+    assert set(rtx_lacks) == set(DATACENTER_ONLY_API)
+    assert set(datacenter_lacks) <= set(RTX_ONLY_API)  # TensorRT 11 has IRuntimeConfig; 10.x lacks it too
+    assert in_rtx["fakes"]["ok"], in_rtx["fakes"]["detail"]  # the executor's stand-ins match TensorRT-RTX's classes

@@ -38,7 +38,19 @@ TENSORRT = TrtLibrary("tensorrt", "tensorrt", "TensorRT", builds_without_gpu=Fal
 TENSORRT_RTX = TrtLibrary("tensorrt-rtx", "tensorrt_rtx", "TensorRT-RTX", builds_without_gpu=True, plugins=False,
                           compute_capabilities=True, runtime_cache=True)
 LIBRARIES = {lib.backend: lib for lib in (TENSORRT, TENSORRT_RTX)}
-RUNTIME_CACHE = "runtime.cache"  # TensorRT-RTX's compiled kernels for the serving GPU, beside the engines
+RUNTIME_CACHE = "runtime.cache"
+# The API our source calls with TensorRT-RTX only ("Class.member", or "tensorrt.X" for module attributes,
+# named as if `tensorrt`): datacenter TensorRT lacks it, and we never call it there (the library flags
+# above). tests/_trt_bindings_check.py excuses it against datacenter TensorRT; tests/test_trt_rtx.py
+# derives both directions from the source and compares them with these lists.
+RTX_ONLY_API = (
+    "tensorrt.ComputeCapability", "IBuilderConfig.num_compute_capabilities", "IBuilderConfig.set_compute_capability",
+    "ICudaEngine.create_runtime_config", "tensorrt.IRuntimeConfig", "IRuntimeConfig.create_runtime_cache",
+    "IRuntimeConfig.set_runtime_cache", "tensorrt.IRuntimeCache",
+)
+# ... and what only datacenter TensorRT has: the Python plugin API and its network flags (the draft-tree plugin).
+DATACENTER_ONLY_API = ("tensorrt.plugin", "tensorrt.NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS",
+                       "tensorrt.NetworkDefinitionCreationFlag.PREFER_JIT_PYTHON_PLUGINS")  # TensorRT-RTX's compiled kernels for the serving GPU, beside the engines
 
 
 def library_for(backend: str) -> TrtLibrary | None:
