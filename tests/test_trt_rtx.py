@@ -23,6 +23,7 @@ import pytest
 import torch
 
 import _fake_trt as ft
+import real_shapes
 from griffin_trt.builders.kv_layout import cache_pairs
 from griffin_trt.builders.manifest import read_manifest, sha256_file
 from griffin_trt.builders.trt_library import DATACENTER_ONLY_API, RTX_ONLY_API
@@ -154,3 +155,71 @@ def test_api_differences_between_the_libraries_for_calls_our_source_uses(rtx):
     assert set(rtx_lacks) == set(DATACENTER_ONLY_API)
     assert set(datacenter_lacks) <= set(RTX_ONLY_API)  # TensorRT 11 has IRuntimeConfig; 10.x lacks it too
     assert in_rtx["fakes"]["ok"], in_rtx["fakes"]["detail"]  # the executor's stand-ins match TensorRT-RTX's classes
+
+
+REAL_LAYERS = 2  # target decoder layers: two, so caches of more than one layer are indexed and aliased
+
+
+@pytest.mark.parametrize("name", list(real_shapes.SHAPES))
+def test_real_shapes_build_in_bfloat16(rtx, name, tmp_path):
+    """Random weights at the shapes users bring (tests/real_shapes.py says what is real and what is
+    reduced, and why), GRIFFIN's default tree, bfloat16: the target and drafter graphs parse and build.
+    The weights dominate the time (a 128256 x 4096 bfloat16 embedding is 1 GB, written as checkpoint,
+    graph and engine), so each model's files are removed as soon as it is checked."""
+    target, drafter = real_shapes.make_pair(tmp_path, name, REAL_LAYERS)
+    recipe = tmp_path / f"{name}.toml"
+    recipe.write_text(f'name = "{name}"\n[model]\ntarget = "{target}"\ndrafter = "{drafter}"\ndtype = "bfloat16"\n'
+                      "[tree]\ntop_k = 10\ndepth = 5\ntotal_tokens = 60\n"
+                      "[limits]\nmax_batch = 2\nmax_input_len = 1024\nmax_output_len = 1024\n")
+    out = tmp_path / "out"
+    m = _build(rtx, recipe, out)
+    shutil.rmtree(target), shutil.rmtree(drafter)
+    hidden = real_shapes.SHAPES[name][1]["hidden_size"]
+    assert m["hidden_size"] == hidden and m["vocab_size"] == real_shapes.SHAPES[name][1]["vocab_size"]
+    _check_build(rtx, out, m, layers=REAL_LAYERS)
+    e = m["engines"]
+    print(f"{name}: target {e['target']['build_s']} s {e['target']['bytes'] / 1e6:.0f} MB, "
+          f"drafter {e['drafter']['build_s']} s {e['drafter']['bytes'] / 1e6:.0f} MB")
+    shutil.rmtree(out)
+
+
+def _gpu_skip_reason() -> str | None:
+    if not torch.cuda.is_available():
+        return "no CUDA GPU: TensorRT-RTX engines run (and compile their kernels) on a GPU only"
+    major, minor = torch.cuda.get_device_capability()
+    if f"SM{major}{minor}" not in ft.ComputeCapability.__members__:
+        return (f"{torch.cuda.get_device_name()} (compute capability {major}.{minor}) is not a TensorRT-RTX GPU; "
+                "H100/H200 deployments use --backend tensorrt")
+    return None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_gpu_skip_reason() is not None, reason=str(_gpu_skip_reason()))
+def test_rtx_engines_generate_what_torch_generates_on_a_gpu(rtx, repo_root, tmp_path):
+    """A100 / RTX hosts: the demo's TensorRT-RTX engines, through `griffin-trt generate`, give torch's greedy
+    tokens, and the just-in-time kernels land in the runtime cache beside the engines."""
+    out = tmp_path / "demo"
+    _build(rtx, repo_root / "build" / "demo.toml", out)
+    prompt = ["--prompt", "def parse_args(argv):", "--max-new-tokens", "32", "--json"]
+
+    def generate(backend):
+        proc = subprocess.run([sys.executable, "-m", "griffin_trt.cli", "generate", "--recipe",
+                               str(repo_root / "build" / "demo.toml"), "--build-dir", str(out), "--backend", backend,
+                               "--device", "cuda", *prompt], env=rtx.env(), capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout)["token_ids"]
+
+    assert generate("tensorrt-rtx") == generate("torch")
+    assert (out / "runtime.cache").stat().st_size > 0
+
+
+def test_a_compute_capability_tensorrt_rtx_lacks_is_refused_before_export(rtx, repo_root, tmp_path):
+    recipe = tmp_path / "h200.toml"
+    text = (repo_root / "build" / "demo.toml").read_text().replace('"../griffin_trt', f'"{repo_root}/griffin_trt')
+    recipe.write_text(text.replace('output_dir = "../engines/demo"', 'output_dir = "out"\ncompute_capabilities = ["9.0"]'))
+    proc = subprocess.run([sys.executable, "-m", "griffin_trt.cli", "build", "--recipe", str(recipe), "--backend",
+                           "tensorrt-rtx", "--quiet"], env=rtx.env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and not (tmp_path / "out").exists()
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"griffin-trt build: error: TensorRT-RTX {rtx.version} cannot build for compute capability 9.0 (it targets 7.5, 8.0, "
+        "8.6, 8.9, 12.0, 12.1); H100/H200 (9.0) need `--backend tensorrt`")

@@ -186,6 +186,10 @@ def build(
             f"--backend {backend} needs {need}, and this host cannot build engines: {trt_info}; "
             f"build with --backend onnxruntime here, or on a host with {library.label}"
         )
+    if trt_ok and library.compute_capabilities and recipe.compute_capabilities:  # refused before any export
+        problem = tensorrt_engine.unsupported_capabilities(library.load(), recipe.compute_capabilities)
+        if problem:
+            raise BuildError(problem)
     flavour, flavour_note = _pick_flavour(kv_flavour, trt_info if trt_ok else None, onnx_exporter, library)
     _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)

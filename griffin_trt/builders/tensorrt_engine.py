@@ -275,15 +275,21 @@ def _input_ranges(name: str, dims: list[int], prof: dict, max_batch: int, copy_f
     return lo, opt, hi
 
 
-def _set_compute_capabilities(trt, config: "trt.IBuilderConfig", caps: list[str]) -> None:
-    """TensorRT-RTX: build for these GPUs ("8.6", ...) instead of the library's default set."""
+def unsupported_capabilities(trt, caps) -> str | None:
+    """Why TensorRT-RTX cannot build for these compute capabilities ("8.6", ...), in one line, or None."""
     supported = [m for m in trt.ComputeCapability.__members__ if m.startswith("SM")]
     unknown = [c for c in caps if capability_name(c) not in supported]
-    if unknown:
-        raise EngineBuildError(
-            f"TensorRT-RTX {trt.__version__} cannot build for compute capability {', '.join(unknown)} (it targets "
-            f"{', '.join(m[2:-1] + '.' + m[-1] for m in supported)}); H100/H200 (9.0) need `--backend tensorrt`"
-        )
+    if not unknown:
+        return None
+    return (f"TensorRT-RTX {trt.__version__} cannot build for compute capability {', '.join(unknown)} (it targets "
+            f"{', '.join(m[2:-1] + '.' + m[-1] for m in supported)}); H100/H200 (9.0) need `--backend tensorrt`")
+
+
+def _set_compute_capabilities(trt, config: "trt.IBuilderConfig", caps: list[str]) -> None:
+    """TensorRT-RTX: build for these GPUs ("8.6", ...) instead of the library's default set."""
+    problem = unsupported_capabilities(trt, caps)
+    if problem:
+        raise EngineBuildError(problem)
     config.num_compute_capabilities = len(caps)
     for i, cap in enumerate(caps):
         if not config.set_compute_capability(getattr(trt.ComputeCapability, capability_name(cap)), i):
