@@ -94,7 +94,7 @@ class _Profile:
 class _RuntimeCache:
     """TensorRT-RTX's just-in-time kernels for this GPU, shared by every context and kept in a file."""
 
-    def __init__(self, trt, engine: "trt.ICudaEngine", path: Path):
+    def __init__(self, engine: "trt.ICudaEngine", path: Path):
         self.path = path
         config: "trt.IRuntimeConfig" = engine.create_runtime_config()
         self.cache: "trt.IRuntimeCache" = config.create_runtime_cache()
@@ -338,7 +338,7 @@ class TrtExecutor(CacheExecutor):
 
     def _runtime_cache(self, engine: "trt.ICudaEngine") -> _RuntimeCache:
         if self.runtime_cache is None:
-            self.runtime_cache = _RuntimeCache(self.trt, engine, self.build_dir / RUNTIME_CACHE)
+            self.runtime_cache = _RuntimeCache(engine, self.build_dir / RUNTIME_CACHE)
         return self.runtime_cache
 
     @classmethod
