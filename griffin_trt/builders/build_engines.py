@@ -180,7 +180,7 @@ def build(
     # deployment instead would be a silent substitute.
     if (backend == library.backend and (explicit_backend or library.builds_without_gpu) and not skip_engines
             and not trt_ok):
-        need = (f"the `rtx` extra (pip install -e \".[rtx]\")" if library.builds_without_gpu
+        need = ("the `rtx` extra (pip install -e \".[rtx]\")" if library.builds_without_gpu
                 else "TensorRT and a CUDA GPU")
         raise BuildError(
             f"--backend {backend} needs {need}, and this host cannot build engines: {trt_info}; "

@@ -434,8 +434,8 @@ def build_engines(
         check_fp8(recipe, [target_onnx, drafter_onnx], targets)
     out_dir = Path(out_dir)
     logger = trt.Logger(trt.Logger.WARNING)
-    tree_graphs = tree_graphs if library.plugins else {}
-    required = sorted({op for g in (tree_graphs or {}).values() for op in graph_plugin_ops(g)})
+    tree_graphs = (tree_graphs or {}) if library.plugins else {}
+    required = sorted({op for g in tree_graphs.values() for op in graph_plugin_ops(g)})
     notes, plugin_flags = load_plugins(trt, logger, required)
     if not library.plugins:
         notes.append(f"{library.label} has no plugins: the tree steps run between the engines as the OpenAI-Triton "
