@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from .recipe import BACKENDS
+
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "build" / "demo.toml"
 
 # module -> subcommands it registers; a module that is missing on this install is skipped.
@@ -50,7 +52,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--end-id", type=int, default=None, help="an extra stop token id (-1: none, as TensorRT-LLM)")
     p.add_argument("--stop", action="append", default=[], help="stop once the text contains this (repeatable)")
-    p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default=None,
+    p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="default: torch with --target/--drafter, else the recipe's back end if built, else torch")
     p.add_argument("--build-dir", type=Path, default=None, help="output of `griffin-trt build` (default: recipe's)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)

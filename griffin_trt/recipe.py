@@ -6,13 +6,14 @@ nothing re-types a tree parameter, a dtype or a length limit.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 DTYPES = ("float32", "float16", "bfloat16")
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "tensorrt-rtx")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -120,6 +121,9 @@ class Recipe:
     # `token_counts` table (griffin_trt/models/draft_vocab.py); None: the whole vocabulary.
     draft_vocab: int | None = None
     token_counts: Path | None = None
+    # TensorRT-RTX engines: the GPU compute capabilities ("8.6") they are built for; None: every one
+    # the library targets (builders/trt_library.py).
+    compute_capabilities: tuple[str, ...] | None = None
 
     # KV capacities are derived here, once, so executors, exporters and engines agree on them.
     @property
@@ -148,7 +152,7 @@ _SCHEMA: dict[str, set[str]] = {
     "model": {"target", "drafter", "tokenizer", "dtype", "draft_vocab", "token_counts"},
     "tree": {"top_k", "depth", "total_tokens", "choices"},
     "limits": {"max_batch", "max_input_len", "max_output_len"},
-    "build": {"backend", "device", "output_dir", "fp8"},
+    "build": {"backend", "device", "output_dir", "fp8", "compute_capabilities"},
     "schedule": {"budgets"},
 }
 _BUDGET_KEYS = {"batch", "total_tokens", "depth"}
@@ -353,4 +357,17 @@ def recipe_from_dict(
         source=source,
         draft_vocab=draft_vocab,
         token_counts=token_counts,
+        compute_capabilities=_capabilities(b, where),
     )
+
+
+def _capabilities(build: dict[str, Any], where: Any) -> tuple[str, ...] | None:
+    caps = build.get("compute_capabilities")
+    if caps is None:
+        return None
+    if (not isinstance(caps, list) or not caps
+            or not all(isinstance(c, str) and re.fullmatch(r"\d+\.\d", c) for c in caps)):
+        raise RecipeError(f"{where}: compute_capabilities must be a non-empty list like [\"8.6\", \"12.0\"], got {caps!r}")
+    if len(set(caps)) != len(caps):
+        raise RecipeError(f"{where}: compute_capabilities lists {caps!r} with repeats")
+    return tuple(caps)

@@ -65,6 +65,7 @@ class FakeContext:
         self.profile = None
         self.device_memory = None
         self.launches: list[dict[str, int]] = []  # the addresses of every launch
+        self.runtime_cache = None  # TensorRT-RTX: the runtime config's cache
 
     def set_device_memory(self, memory, size):
         self.device_memory = (memory, size)
@@ -86,6 +87,9 @@ class FakeContext:
 
     def execute_async_v3(self, stream_handle):
         self.launches.append(dict(self.addresses))
+        kernel = f"{id(self.engine)}:{self.profile}"
+        if self.runtime_cache is not None and kernel not in self.runtime_cache.kernels:  # compiled just in time
+            self.runtime_cache.kernels.append(kernel)
         e = self.engine
         b, t = self.shapes["tokens"]
         tokens = _host_view(self.addresses["tokens"], (b, t), torch.int64)
@@ -155,13 +159,52 @@ class FakeEngine:
         return 1024
 
     def create_execution_context(self, strategy):
-        assert strategy == ExecutionContextAllocationStrategy.USER_MANAGED
+        # TensorRT-RTX's overload takes an IRuntimeConfig carrying the strategy (and the runtime cache)
+        config = strategy if isinstance(strategy, FakeRuntimeConfig) else None
+        assert (config.strategy if config else strategy) == ExecutionContextAllocationStrategy.USER_MANAGED
         ctx = FakeContext(self)
+        ctx.runtime_cache = config.cache if config else None
         self.contexts.append(ctx)
         return ctx
 
+    def create_runtime_config(self):  # TensorRT-RTX only
+        return FakeRuntimeConfig()
+
     def get_aliased_input_tensor(self, name):
         return self.aliases.get(name)
+
+
+class FakeRuntimeCache:
+    """TensorRT-RTX's runtime cache: the "kernels" compiled so far (one per launched profile)."""
+
+    def __init__(self):
+        self.kernels: list[str] = []
+
+    def deserialize(self, blob):
+        data = json.loads(bytes(blob))
+        if data.get("gpu") != "fake":
+            return False
+        self.kernels = data["kernels"]
+        return True
+
+    def serialize(self):
+        return json.dumps({"gpu": "fake", "kernels": self.kernels}).encode()
+
+
+class FakeRuntimeConfig:
+    def __init__(self):
+        self.strategy = ExecutionContextAllocationStrategy.STATIC
+        self.cache = None
+
+    def set_execution_context_allocation_strategy(self, strategy):
+        self.strategy = strategy
+
+    def create_runtime_cache(self):
+        return FakeRuntimeCache()
+
+    def set_runtime_cache(self, cache):
+        self.cache = cache
+        return True
 
 
 class FakeRuntime:
@@ -178,13 +221,28 @@ class FakeRuntime:
         return eng
 
 
+# TensorRT-RTX 1.7's targets (its ComputeCapability enum)
+ComputeCapability = Enum("ComputeCapability", ["NONE", "CURRENT", "SM75", "SM80", "SM86", "SM89", "SM120", "SM121"])
+
+
 def module() -> SimpleNamespace:
-    """The parts of the `tensorrt` module the executor touches."""
+    """The parts of the `tensorrt` / `tensorrt_rtx` module the executor touches."""
     return SimpleNamespace(
         DataType=DataType, TensorIOMode=TensorIOMode, Logger=Logger, Runtime=FakeRuntime,
-        ExecutionContextAllocationStrategy=ExecutionContextAllocationStrategy,
+        ExecutionContextAllocationStrategy=ExecutionContextAllocationStrategy, ComputeCapability=ComputeCapability,
         init_libnvinfer_plugins=lambda logger, namespace: True,
     )
+
+
+def write_engines_from_summaries(folder: Path, manifest: dict) -> None:
+    """Fake "plans" in `folder` with the I/O, profiles and KV-cache aliases a real build's manifest read
+    back from its networks (`engines`), under the manifest's engine file names."""
+    for key in ("target", "drafter"):
+        summary = manifest["engines"][key]
+        io = {n: ("in", t["dtype"], t["shape"]) for n, t in summary["inputs"].items()}
+        io.update({n: ("out", t["dtype"], t["shape"]) for n, t in summary["outputs"].items()})
+        spec = {"name": key, "io": io, "profiles": summary["profiles"], "aliases": summary["aliases"]}
+        (Path(folder) / manifest["files"][f"{key}_engine"]).write_text(json.dumps(spec))
 
 
 def _engine_spec(name, inputs, outputs, profiles, aliases):
@@ -194,7 +252,8 @@ def _engine_spec(name, inputs, outputs, profiles, aliases):
 
 
 def write_fake_build(folder: Path, *, layers=2, kvh=2, s_t=24, s_d=28, d=4, hidden=8, vocab=16, top_k=3,
-                     max_batch=4, max_t=8, flavour="inplace", alias=True) -> dict:
+                     max_batch=4, max_t=8, flavour="inplace", alias=True, library="tensorrt",
+                     compute_capabilities=None) -> dict:
     """A build folder with fake target/drafter "engines" (JSON) and a manifest: what TrtExecutor reads."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -245,5 +304,6 @@ def write_fake_build(folder: Path, *, layers=2, kvh=2, s_t=24, s_d=28, d=4, hidd
         "files": {"target_engine": "target.plan", "drafter_engine": "drafter.plan"},
         "limits": {"max_batch": max_batch}, "kv_flavour": flavour, "target_kv_len": s_t, "drafter_kv_len": s_d,
         "tree": {"top_k": top_k}, "vocab_size": vocab, "hidden_size": hidden,
+        "tensorrt_library": library, "compute_capabilities": compute_capabilities,
     }
     return manifest

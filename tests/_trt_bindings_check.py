@@ -470,7 +470,10 @@ def _return_class(obj, name: str):
 
 def _all_classes():
     out = [v for v in vars(trt).values() if isinstance(v, type)]
-    trtp = importlib.import_module("tensorrt.plugin")
+    try:
+        trtp = importlib.import_module("tensorrt.plugin")
+    except ImportError:  # TensorRT-RTX has no Python plugin API
+        return out
     out += [v for v in vars(trtp).values() if isinstance(v, type)]
     return out
 
@@ -540,6 +543,19 @@ def _inplace_only() -> set[str]:
     return set(INPLACE_ONLY_API) if version_tuple(trt.__version__)[:2] < INPLACE_MIN_TENSORRT else set()
 
 
+def _not_here() -> set[str]:
+    """API our source calls only where this library is not the one in use: TensorRT-RTX's own, and
+    the in-place-only API on TensorRT before 10.15 (trt_library.py, kv_layout.py)."""
+    from griffin_trt.builders.trt_library import RTX_ONLY_API
+
+    return _inplace_only() | set(RTX_ONLY_API)
+
+
+def excused_problem(problem: str | None, api: set[str]) -> bool:
+    """Whether `resolve`'s problem is a missing member named in `api` ("Class.member", "tensorrt.X")."""
+    return any(problem == f"{owner} has no attribute `{attr}`" for owner, attr in (a.rsplit(".", 1) for a in api))
+
+
 @check
 def api_our_source_uses():
     """Every TensorRT / tensorrt.plugin attribute, method and keyword griffin_trt uses (from its AST) exists
@@ -547,17 +563,16 @@ def api_our_source_uses():
     from _trt_api_usage import collect
 
     chains = collect()
-    excused = {f"{a.split('.')[0]} has no attribute `{a.split('.')[1]}`" for a in _inplace_only()}
     missing, skipped = [], set()
     for u in chains:
         problem = resolve(u["root"], u["steps"])
-        if problem in excused:
+        if excused_problem(problem, _not_here()):
             skipped.add(problem)
         elif problem:
             missing.append(f"{problem} [{', '.join(u['where'][:3])}]")
     assert not missing, "; ".join(missing)
-    return f"{len(chains)} chains from the source resolve" + (f" (in-place only, absent here: {sorted(skipped)})"
-                                                               if skipped else "")
+    return f"{len(chains)} chains from the source resolve" + (f" (TensorRT-RTX or in-place only, absent here: "
+                                                               f"{sorted(skipped)})" if skipped else "")
 
 
 @check
@@ -568,13 +583,16 @@ def fake_engine_matches_the_real_api():
     import _fake_trt
 
     problems = []
-    for fake, real in ((_fake_trt.FakeEngine, trt.ICudaEngine), (_fake_trt.FakeContext, trt.IExecutionContext),
-                       (_fake_trt.FakeRuntime, trt.Runtime)):
+    pairs = [(_fake_trt.FakeEngine, trt.ICudaEngine), (_fake_trt.FakeContext, trt.IExecutionContext),
+             (_fake_trt.FakeRuntime, trt.Runtime)]
+    if hasattr(trt, "IRuntimeCache"):  # TensorRT-RTX's runtime cache
+        pairs += [(_fake_trt.FakeRuntimeConfig, trt.IRuntimeConfig), (_fake_trt.FakeRuntimeCache, trt.IRuntimeCache)]
+    for fake, real in pairs:
         for attr, member in vars(fake).items():
             if attr.startswith("_") or not callable(member) and not isinstance(member, property):
                 continue
             if not hasattr(real, attr):
-                if f"{real.__name__}.{attr}" not in _inplace_only():
+                if f"{real.__name__}.{attr}" not in _not_here():
                     problems.append(f"{real.__name__}.{attr} does not exist")
                 continue
             if callable(member) and not isinstance(member, property):
@@ -583,7 +601,7 @@ def fake_engine_matches_the_real_api():
                 if params is not None and not set(mine) <= params:
                     problems.append(f"{real.__name__}.{attr}{sorted(params)} vs fake {mine}")
     assert not problems, "; ".join(problems)
-    return "FakeEngine, FakeContext, FakeRuntime match ICudaEngine, IExecutionContext, Runtime"
+    return ", ".join(f"{f.__name__} matches {r.__name__}" for f, r in pairs)
 
 
 def main(names: list[str]) -> int:

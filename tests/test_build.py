@@ -112,7 +112,8 @@ def test_build_layout_and_manifest(built, workspace):
     # the TorchScript exporter cannot write TensorScatter (opset 24): copy-flavour KV caches
     assert m["kv_flavour"] == "copy" and any(n.startswith("KV caches: copy flavour") for n in m["notes"])
     assert {"target.onnx", "drafter.onnx", "tokenizer/tokenizer.json"} <= set(m["sha256"])
-    assert set(m["versions"]) == {"griffin_trt", "torch", "transformers", "onnx", "onnxruntime", "tensorrt"}
+    assert set(m["versions"]) == {"griffin_trt", "torch", "transformers", "onnx", "onnxruntime", "tensorrt", "tensorrt_rtx"}
+    assert m["tensorrt_library"] is None and m["engines"] is None
     assert m["versions"]["torch"] == torch.__version__
     assert m["gpu"] is None or isinstance(m["gpu"], str)
     if m["versions"]["tensorrt"] is None:
@@ -159,7 +160,7 @@ def test_failed_build_leaves_existing_output_untouched(built, workspace, monkeyp
     # 2) an exception in the middle of the build (after the graphs were exported)
     from griffin_trt.builders import tensorrt_engine
 
-    def boom():
+    def boom(library=None):
         raise RuntimeError("simulated failure mid-build")
 
     monkeypatch.setattr(tensorrt_engine, "available", boom)
@@ -195,7 +196,7 @@ def test_refuses_to_replace_a_folder_that_is_not_a_build(built, tmp_path):
 def test_tensorrt_recipe_without_tensorrt_falls_back_to_onnxruntime(workspace, tmp_path, monkeypatch):
     from griffin_trt.builders import tensorrt_engine
 
-    monkeypatch.setattr(tensorrt_engine, "available", lambda: (False, "simulated: no GPU"))
+    monkeypatch.setattr(tensorrt_engine, "available", lambda library=None: (False, "simulated: no GPU"))
     recipe = write_recipe(workspace, "trt.toml", backend="tensorrt")
     out = be.build(recipe, tmp_path / "trt", progress=False, onnx_exporter="torchscript")
     m = read_manifest(out)
@@ -280,7 +281,7 @@ def test_backend_tensorrt_by_name_fails_without_tensorrt(workspace, tmp_path, mo
     from griffin_trt.builders import tensorrt_engine
     from griffin_trt.cli import main
 
-    monkeypatch.setattr(tensorrt_engine, "available", lambda: (False, "simulated: no GPU"))
+    monkeypatch.setattr(tensorrt_engine, "available", lambda library=None: (False, "simulated: no GPU"))
     recipe = write_recipe(workspace)
     with pytest.raises(be.BuildError, match=r"--backend tensorrt needs TensorRT .*simulated: no GPU"):
         be.build(recipe, tmp_path / "trt", progress=False, backend="tensorrt", onnx_exporter="torchscript")

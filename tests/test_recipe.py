@@ -51,6 +51,9 @@ def test_relative_paths_resolve_against_recipe_folder(tmp_path):
         (BASE + "[tree]\nchoices = [[0, 1]]\n", "has no parent path [0]"),
         (BASE + "[tree]\ntop_k = 4\nchoices = [[5]]\n", "ranks in [0, top_k)"),
         (BASE + "[tree\n", "not valid TOML"),
+        (BASE + '[build]\ncompute_capabilities = ["sm86"]\n', 'compute_capabilities must be a non-empty list like ["8.6"'),
+        (BASE + '[build]\ncompute_capabilities = []\n', "compute_capabilities must be a non-empty list"),
+        (BASE + '[build]\ncompute_capabilities = ["8.6", "8.6"]\n', "with repeats"),
     ],
 )
 def test_bad_recipes_are_refused_with_a_clear_reason(tmp_path, text, msg):
@@ -125,3 +128,9 @@ def test_static_trees_run_whole_or_plain(tmp_path):
     small = BASE + "[tree]\ntop_k = 2\ndepth = 3\ntotal_tokens = 12\n[limits]\nmax_batch = 4\n[schedule]\n"
     with pytest.raises(RecipeError, match="depth=1 produce at most 6"):
         load_recipe(write(tmp_path, small + "budgets = [{ batch = 2, total_tokens = 10, depth = 1 }]\n"))
+
+
+def test_tensorrt_rtx_recipe_names_its_compute_capabilities(tmp_path):
+    r = load_recipe(write(tmp_path, BASE + '[build]\nbackend = "tensorrt-rtx"\ncompute_capabilities = ["8.0", "12.0"]\n'))
+    assert r.backend == "tensorrt-rtx" and r.compute_capabilities == ("8.0", "12.0")
+    assert load_recipe(write(tmp_path, BASE)).compute_capabilities is None  # the library's default set

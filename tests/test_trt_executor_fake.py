@@ -6,6 +6,8 @@ addresses it was bound to, so these tests see which buffer every call read and w
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -144,3 +146,48 @@ def test_copy_flavour_double_buffers_and_refuses_rows(tmp_path):
         ex.select_rows(1, 2)
     with pytest.raises(NotImplementedError, match="copy-flavour KV caches"):
         ex.move_rows(0, 1)
+
+
+# ------------------------------------------------------------------ TensorRT-RTX engines
+
+
+def _rtx_executor(tmp_path, gpu=None, **kw) -> TrtExecutor:
+    manifest = ft.write_fake_build(tmp_path, library="tensorrt-rtx", **kw)
+    trt = ft.module()
+    return TrtExecutor(tmp_path, manifest, device="cpu", trt=trt, runtime=trt.Runtime(), gpu=gpu)
+
+
+def test_rtx_runtime_cache_is_kept_beside_the_engines(tmp_path):
+    ex = _rtx_executor(tmp_path, s_t=S_T, s_d=S_D)
+    contexts = ex.target.engine.contexts + ex.drafter.engine.contexts
+    assert {id(c.runtime_cache) for c in contexts} == {id(ex.runtime_cache.cache)}  # one cache, every context
+    assert not (tmp_path / "runtime.cache").exists()
+    ex.reset(1)
+    _step(ex, torch.tensor([[1, 2, 3]]), torch.tensor([0]))  # first run of a profile: kernels compiled, saved
+    saved = json.loads((tmp_path / "runtime.cache").read_text())
+    assert len(saved["kernels"]) == 1
+    again = _rtx_executor(tmp_path, s_t=S_T, s_d=S_D)  # a restart loads them instead of compiling again
+    assert again.runtime_cache.cache.kernels == saved["kernels"]
+    (tmp_path / "runtime.cache").write_text(json.dumps({"gpu": "another", "kernels": ["x"]}))
+    assert _rtx_executor(tmp_path, s_t=S_T, s_d=S_D).runtime_cache.cache.kernels == []  # a stale cache is dropped
+
+
+def test_rtx_refuses_a_gpu_it_does_not_support(tmp_path):
+    with pytest.raises(ManifestError, match=r"^TensorRT-RTX does not run on NVIDIA H200 \(compute capability 9\.0; "
+                                            r"it supports .*8\.6.*\): build this deployment with `--backend tensorrt`"):
+        _rtx_executor(tmp_path, gpu=("NVIDIA H200", (9, 0)))
+    with pytest.raises(ManifestError, match=r'built for compute capability 8\.6, not NVIDIA GeForce RTX 4090 \(8\.9\): '
+                                            r'add "8\.9" to \[build\] compute_capabilities'):
+        _rtx_executor(tmp_path, gpu=("NVIDIA GeForce RTX 4090", (8, 9)), compute_capabilities=["8.6"])
+    assert _rtx_executor(tmp_path, gpu=("NVIDIA A100", (8, 0))).spec.max_batch == 4
+    # datacenter TensorRT engines were built on their GPU: no such check
+    trt = ft.module()
+    TrtExecutor(tmp_path, ft.write_fake_build(tmp_path), device="cpu", trt=trt, runtime=trt.Runtime(),
+                gpu=("NVIDIA H200", (9, 0)))
+
+
+def test_rtx_engines_are_checked_in_place_and_tree_steps_are_kernels(tmp_path):
+    with pytest.raises(ManifestError, match="does not update these KV caches in place"):
+        _rtx_executor(tmp_path, alias=False)
+    ex = _rtx_executor(tmp_path)
+    assert ex.tree_expand is None and ex.tree_ops().name in ("triton", "torch")  # no plugin engines

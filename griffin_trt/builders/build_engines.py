@@ -17,6 +17,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..recipe import BACKENDS
 from .manifest import MANIFEST, ManifestError
 from .tensorrt_engine import EngineBuildError
 
@@ -163,23 +164,33 @@ def build(
     is older than 10.15 or the TorchScript exporter is asked for), "inplace" or "copy"
     (builders/kv_layout.py).
     """
-    from ..recipe import BACKENDS
     from . import tensorrt_engine
+    from .trt_library import TENSORRT, library_for
 
     out = Path(out_dir or recipe.output_dir).expanduser().resolve()
     explicit_backend = backend is not None
     backend = backend or recipe.backend
     if backend not in BACKENDS:
         raise BuildError(f"backend {backend!r} is not one of {list(BACKENDS)}")
-    # (True, TensorRT version) or (False, why not)
-    trt_ok, trt_info = (False, "--skip-engines") if skip_engines else tensorrt_engine.available()
-    if backend == "tensorrt" and explicit_backend and not skip_engines and not trt_ok:
-        # TensorRT asked for by name: an onnxruntime deployment instead would be a silent substitute.
+    # torch / onnxruntime builds add datacenter TensorRT engines where the host can build them
+    library = library_for(backend) or TENSORRT
+    # (True, library version) or (False, why not)
+    trt_ok, trt_info = (False, "--skip-engines") if skip_engines else tensorrt_engine.available(library)
+    # A library asked for by name (or TensorRT-RTX, which builds anywhere it is installed): an onnxruntime
+    # deployment instead would be a silent substitute.
+    if (backend == library.backend and (explicit_backend or library.builds_without_gpu) and not skip_engines
+            and not trt_ok):
+        need = ("the `rtx` extra (pip install -e \".[rtx]\")" if library.builds_without_gpu
+                else "TensorRT and a CUDA GPU")
         raise BuildError(
-            f"--backend tensorrt needs TensorRT and a CUDA GPU, and this host cannot build engines: {trt_info}; "
-            "build with --backend onnxruntime here, or on a GPU host with TensorRT"
+            f"--backend {backend} needs {need}, and this host cannot build engines: {trt_info}; "
+            f"build with --backend onnxruntime here, or on a host with {library.label}"
         )
-    flavour, flavour_note = _pick_flavour(kv_flavour, trt_info if trt_ok else None, onnx_exporter)
+    if trt_ok and library.compute_capabilities and recipe.compute_capabilities:  # refused before any export
+        problem = tensorrt_engine.unsupported_capabilities(library.load(), recipe.compute_capabilities)
+        if problem:
+            raise BuildError(problem)
+    flavour, flavour_note = _pick_flavour(kv_flavour, trt_info if trt_ok else None, onnx_exporter, library)
     _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(out, log_fn=lambda m: print(m, file=sys.stderr))
@@ -237,16 +248,16 @@ def build(
             if trt_ok:
                 engines = tensorrt_engine.build_engines(
                     recipe, tmp, tmp / TARGET_ONNX, tmp / DRAFTER_ONNX, timing_cache=out.parent / ".timing_cache",
-                    log=steps.say, tree_graphs=tree_graphs,
+                    log=steps.say, tree_graphs=tree_graphs, library=library,
                 )
                 notes += engines.get("notes", [])
             else:
                 msg = f"TensorRT not available ({trt_info}): built ONNX graphs only; the onnxruntime back end serves them"
                 steps.say(msg)
                 notes.append(msg)
-                if backend == "tensorrt":
+                if library_for(backend):
+                    notes.append(f"recipe asked for the {backend} back end; this build serves with onnxruntime")
                     backend = "onnxruntime"
-                    notes.append("recipe asked for the tensorrt back end; this build serves with onnxruntime")
 
         with steps.step("manifest"):
             from .manifest import write_manifest
@@ -276,6 +287,9 @@ def build(
                 files=files,
                 hashed=hashed,
                 tensorrt_version=engines.get("tensorrt_version"),
+                tensorrt_library=engines.get("tensorrt_library"),
+                compute_capabilities=engines.get("compute_capabilities"),
+                engines=engines.get("engines"),
                 gpu=engines.get("gpu"),
                 gpu_capability=engines.get("gpu_capability"),
                 notes=notes,
@@ -309,16 +323,22 @@ def build(
     return out
 
 
-def _pick_flavour(asked: str, tensorrt_version: str | None, exporter: str) -> tuple[str, str]:
-    """The KV-cache flavour to export (see builders/kv_layout.py) and a note saying why."""
+def _pick_flavour(asked: str, tensorrt_version: str | None, exporter: str, library=None) -> tuple[str, str]:
+    """The KV-cache flavour to export (see builders/kv_layout.py) and a note saying why.
+
+    tensorrt_version: of `library` (default datacenter TensorRT), None where no engines are built."""
     from .kv_layout import COPY, FLAVOURS, INPLACE, INPLACE_MIN_TENSORRT, flavour_for_tensorrt, version_tuple
+    from .trt_library import TENSORRT
 
     need = ".".join(map(str, INPLACE_MIN_TENSORRT))
+    why = f"TensorRT {tensorrt_version}" if tensorrt_version else "no TensorRT: onnxruntime serves the graphs"
+    if library not in (None, TENSORRT) and tensorrt_version:
+        # TensorRT-RTX lowers TensorScatter in place in every release (its versions count from 1)
+        why, tensorrt_version = f"{library.label} {tensorrt_version}", None
     if asked == "auto":
         if exporter == "torchscript":
             return COPY, "KV caches: copy flavour (the TorchScript exporter cannot write opset 24 TensorScatter)"
         flavour = flavour_for_tensorrt(tensorrt_version)
-        why = (f"TensorRT {tensorrt_version}" if tensorrt_version else "no TensorRT: onnxruntime serves the graphs")
         return flavour, f"KV caches: {flavour} flavour ({why}; in place needs TensorRT >= {need})"
     if asked not in FLAVOURS:
         raise BuildError(f"--kv-flavour {asked!r} is not one of auto, {', '.join(FLAVOURS)}")
@@ -340,8 +360,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--recipe", type=Path, default=None, help="build recipe (default: build/demo.toml)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the recipe's output_dir)")
-    p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default=None,
-                   help="back end recorded for serving (default: the recipe's)")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="back end recorded for serving (default: the recipe's); tensorrt / tensorrt-rtx also build "
+                        "its engines")
     p.add_argument("--skip-engines", action="store_true", help="ONNX graphs only, even where TensorRT is present")
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
                    help="ONNX exporter tried first (the other one is the fallback for copy-flavour graphs)")

@@ -22,8 +22,10 @@ FLAVOURS = (INPLACE, COPY)
 # The TensorScatter -> KV-cache-update lowering and ICudaEngine.get_aliased_input_tensor exist from
 # TensorRT 10.15 (the plugins' own floor, 10.9, is griffin_trt.tree.trt_plugin.MIN_TENSORRT).
 INPLACE_MIN_TENSORRT = (10, 15)
-# The TensorRT API only in-place builds use (absent before INPLACE_MIN_TENSORRT).
-INPLACE_ONLY_API = ("ICudaEngine.get_aliased_input_tensor",)
+# The TensorRT API only in-place builds use (absent before INPLACE_MIN_TENSORRT): the alias query, and the
+# layers the parser makes of opset 23/24 graphs (IAttention, the KV-cache update).
+INPLACE_ONLY_API = ("ICudaEngine.get_aliased_input_tensor", "tensorrt.LayerType.ATTENTION_OUTPUT",
+                    "tensorrt.LayerType.KV_CACHE_UPDATE", "tensorrt.IAttentionBoundaryLayer")
 
 COPY_PAIRS = (("k_cache", "k_cache_out"), ("v_cache", "v_cache_out"))
 

@@ -12,7 +12,12 @@ file name from here. Schema (format 1; key names are an interface, keep them):
      "files": {"target_onnx", "drafter_onnx", "target_engine" | null, "drafter_engine" | null,
                "plugin" | null, "tokenizer": "tokenizer", "token_counts" | null, ...},
      "sha256": {relative path: hex digest},
-     "versions": {"griffin_trt", "torch", "transformers", "onnx", "onnxruntime", "tensorrt" | null},
+     "versions": {"griffin_trt", "torch", "transformers", "onnx", "onnxruntime", "tensorrt" | null,
+                  "tensorrt_rtx" | null},
+     "tensorrt_library": "tensorrt" | "tensorrt-rtx" | null (the library that built the engines; absent in
+         older builds: "tensorrt"), "compute_capabilities": ["8.6", ...] | null (TensorRT-RTX's targets;
+         null: the library's default set), "engines": {"target", "drafter": tensorrt_engine.network_summary
+         + "build_s", "bytes"} | null,
      "gpu": str | null, "gpu_capability": "major.minor" | null, "notes": [str]}
 
 File paths are relative to the build directory. This module imports only the standard library.
@@ -25,6 +30,8 @@ import os
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
+
+from .trt_library import LIBRARIES, TENSORRT, TrtLibrary, library_for
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -67,24 +74,31 @@ def _pkg_version(names: Iterable[str]) -> str | None:
     return None
 
 
-def package_versions(tensorrt: str | None = None) -> dict[str, str | None]:
-    """Versions of the packages a build depends on (read from package metadata: imports nothing)."""
+def package_versions(tensorrt: str | None = None, library: TrtLibrary = TENSORRT) -> dict[str, str | None]:
+    """Versions of the packages a build depends on (read from package metadata: imports nothing);
+    `tensorrt` is the version of the engine `library` that built the engines (keyed by its module)."""
     from .. import __version__
 
     out: dict[str, str | None] = {"griffin_trt": __version__}
     for key, names in VERSION_PACKAGES.items():
         out[key] = _pkg_version(names)
-    out["tensorrt"] = tensorrt
+    for lib in LIBRARIES.values():
+        out[lib.module] = tensorrt if lib is library else None
     return out
 
 
-def installed_tensorrt_version() -> str | None:
-    """The TensorRT Python package's version on this host, or None when it does not import."""
+def installed_tensorrt_version(library: TrtLibrary = TENSORRT) -> str | None:
+    """The version of a TensorRT library's Python package on this host, or None when it does not import."""
     try:
-        import tensorrt  # noqa: PLC0415 - GPU hosts only
+        module = library.load()
     except Exception:  # noqa: BLE001 - a broken install counts as absent
         return None
-    return getattr(tensorrt, "__version__", None)
+    return getattr(module, "__version__", None)
+
+
+def engine_library(manifest: dict) -> TrtLibrary:
+    """The TensorRT library that built a build's engines (builds before the key existed: TensorRT)."""
+    return library_for(manifest.get("tensorrt_library") or TENSORRT.backend) or TENSORRT
 
 
 def hash_files(build_dir: Path, rel_paths: Iterable[str]) -> dict[str, str]:
@@ -114,6 +128,9 @@ def write_manifest(
     files: dict[str, str | None],
     hashed: Iterable[str] | None = None,
     tensorrt_version: str | None = None,
+    tensorrt_library: str | None = None,
+    compute_capabilities: list[str] | None = None,
+    engines: dict | None = None,
     gpu: str | None = None,
     gpu_capability: str | None = None,
     notes: list[str] | None = None,
@@ -164,7 +181,10 @@ def write_manifest(
         "draft_vocab": draft_vocab,
         "files": files,
         "sha256": hash_files(out_dir, hashed if hashed is not None else [v for v in files.values() if v]),
-        "versions": package_versions(tensorrt_version),
+        "versions": package_versions(tensorrt_version, library_for(tensorrt_library or TENSORRT.backend)),
+        "tensorrt_library": tensorrt_library,
+        "compute_capabilities": compute_capabilities,
+        "engines": engines,
         "gpu": gpu,
         "gpu_capability": gpu_capability,
         "notes": list(notes or []),
@@ -177,28 +197,30 @@ def write_manifest(
 
 
 def check_tensorrt_version(manifest: dict, build_dir: Path | str = "", installed: str | None = None) -> str:
-    """Refuse engines built by another TensorRT (serialized engines only load in the exact version).
-
-    Returns the installed version. `installed` overrides detection (tests).
+    """Refuse engines built by another TensorRT library or version (serialized engines only load in the
+    exact version that built them). Returns the installed version. `installed` overrides detection (tests).
     """
     where = f"{build_dir}: " if build_dir else ""
+    lib = engine_library(manifest)
+    name = lib.label
     files = manifest.get("files", {})
     if not files.get("target_engine") or not files.get("drafter_engine"):
         raise ManifestError(
             f"{where}this build has no TensorRT engines (TensorRT was not available when it was built); "
             "serve it with the onnxruntime back end, or rebuild on a host with TensorRT and a GPU"
         )
-    built = manifest.get("versions", {}).get("tensorrt")
-    installed = installed or installed_tensorrt_version()
+    built = manifest.get("versions", {}).get(lib.module)
+    installed = installed or installed_tensorrt_version(lib)
     if installed is None:
+        extra = "trt" if lib is TENSORRT else "rtx"
         raise ManifestError(
-            f"{where}the engines were built with TensorRT {built}, but TensorRT does not import on this host; "
-            "install that exact version (the `trt` extra) or serve with the onnxruntime back end"
+            f"{where}the engines were built with {name} {built}, but `import {lib.module}` fails on this host; "
+            f"install that exact version (the `{extra}` extra) or serve with the onnxruntime back end"
         )
     if built != installed:
         raise ManifestError(
-            f"{where}the engines were built with TensorRT {built} but this host has TensorRT {installed}; "
-            "serialized engines only load in the TensorRT version that built them: rebuild with "
+            f"{where}the engines were built with {name} {built} but this host has {name} {installed}; "
+            f"serialized engines only load in the {name} version that built them: rebuild with "
             "`griffin-trt build --recipe <recipe>` on this host"
         )
     return installed
@@ -208,8 +230,8 @@ def read_manifest(build_dir: Path | str, verify_hashes: bool = False, backend: s
     """Load and validate `<build_dir>/manifest.json`.
 
     Checks the format, the required keys and that every listed file exists; with `verify_hashes`
-    also the checksums; with `backend="tensorrt"` that engines exist and match the installed
-    TensorRT. Errors are `ManifestError`s that say what to do.
+    also the checksums; with an engine back end ("tensorrt", "tensorrt-rtx") that engines exist and
+    match the installed library. Errors are `ManifestError`s that say what to do.
     """
     build_dir = Path(build_dir)
     path = build_dir / MANIFEST
@@ -250,7 +272,13 @@ def read_manifest(build_dir: Path | str, verify_hashes: bool = False, backend: s
                 bad.append(f"{rel} (checksum differs)")
         if bad:
             raise ManifestError(f"{build_dir}: files changed since the build: {', '.join(bad)}; rebuild")
-    if backend == "tensorrt":
+    asked = library_for(backend or "")
+    if asked:
+        if data["files"].get("target_engine") and engine_library(data) is not asked:
+            raise ManifestError(
+                f"{build_dir}: the engines were built with {engine_library(data).label}, not {asked.label}; serve with "
+                f"--backend {engine_library(data).backend} or rebuild with --backend {asked.backend}"
+            )
         check_tensorrt_version(data, build_dir)
     return data
 

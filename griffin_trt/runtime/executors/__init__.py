@@ -1,4 +1,4 @@
-"""Executors: how the decoding loop reaches the models (torch, onnxruntime, TensorRT).
+"""Executors: how the decoding loop reaches the models (torch, onnxruntime, TensorRT, TensorRT-RTX).
 
 The loop never imports a back end directly; `make_executor` picks one by name.
 """
@@ -16,11 +16,11 @@ def make_executor(backend: str, **kwargs) -> Executor:
         from .ort_executor import OrtExecutor
 
         return OrtExecutor.from_build_dir(**kwargs)
-    if backend == "tensorrt":
+    if backend in ("tensorrt", "tensorrt-rtx"):
         from .trt_executor import TrtExecutor
 
-        return TrtExecutor.from_build_dir(**kwargs)
-    raise ValueError(f"unknown backend {backend!r}; choose torch, onnxruntime or tensorrt")
+        return TrtExecutor.from_build_dir(backend=backend, **kwargs)
+    raise ValueError(f"unknown backend {backend!r}; choose torch, onnxruntime, tensorrt or tensorrt-rtx")
 
 
 __all__ = ["Executor", "ExecutorSpec", "make_executor"]

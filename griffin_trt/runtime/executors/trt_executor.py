@@ -1,4 +1,4 @@
-"""Executor running the TensorRT engines of a build on CUDA (GPU hosts with TensorRT only).
+"""Executor running the TensorRT or TensorRT-RTX engines of a build on CUDA (GPU hosts only).
 
 Never imported on CPU paths: `make_executor("tensorrt", ...)` imports it lazily. Buffers are torch
 CUDA tensors handed to TensorRT by address (`set_tensor_address`).
@@ -17,7 +17,13 @@ CUDA tensors handed to TensorRT by address (`set_tensor_address`).
 - Draft-tree ops: when the build has the `griffin::DraftTree*` plugin engines, `tree_ops()` runs
   expand and select through them (greedy accept stays the OpenAI-Triton kernel, or the torch
   reference where triton is missing); otherwise the kernels.
-- The manifest's TensorRT version must equal the installed one (serialized engines are tied to it).
+- The manifest's TensorRT library and version must equal the installed one (serialized engines are
+  tied to both).
+- TensorRT-RTX (builders/trt_library.py): the engines' kernels are compiled just in time on the first
+  run of each profile and kept in a runtime cache beside the engines (`runtime.cache`, loaded at start,
+  saved after each profile's first run), so a restart does not compile them again. A GPU the engines
+  were not built for (H100/H200: SM90 is not a TensorRT-RTX target) is refused in one line at load.
+  Its builds have no plugin engines: the tree steps run as the OpenAI-Triton kernels.
 """
 from __future__ import annotations
 
@@ -29,7 +35,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from ...builders.kv_layout import cache_pairs, flavour_of
-from ...builders.manifest import ManifestError, build_file, check_tensorrt_version, kv_flavour, read_manifest
+from ...builders.manifest import ManifestError, build_file, engine_library, kv_flavour, read_manifest
+from ...builders.trt_library import RUNTIME_CACHE, TENSORRT, TrtLibrary, capability_name
 from ...tree.ops import TreeOps, default_tree_ops
 from ...tree.structure import DraftTree
 from .base import CacheExecutor, ExecutorSpec, LayerCaches, caches_for, logit_rows
@@ -84,10 +91,31 @@ class _Profile:
     b_max: int
 
 
+class _RuntimeCache:
+    """TensorRT-RTX's just-in-time kernels for this GPU, shared by every context and kept in a file."""
+
+    def __init__(self, engine: "trt.ICudaEngine", path: Path):
+        self.path = path
+        config: "trt.IRuntimeConfig" = engine.create_runtime_config()
+        self.cache: "trt.IRuntimeCache" = config.create_runtime_cache()
+        if path.is_file() and not self.cache.deserialize(path.read_bytes()):
+            log.warning("%s was made for another GPU, driver or TensorRT-RTX: compiling the kernels again", path)
+
+    def save(self) -> None:
+        try:
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_bytes(bytes(self.cache.serialize()))
+            tmp.replace(self.path)
+        except OSError as e:  # a read-only build folder: the kernels are compiled again next start
+            log.warning("could not save the runtime cache %s: %s", self.path, e)
+
+
 class _Engine:
     """A deserialized engine with one execution context per optimization profile."""
 
-    def __init__(self, trt, runtime: "trt.Runtime", path: Path, device: torch.device, stream: _Stream):
+    def __init__(self, trt, runtime: "trt.Runtime", path: Path, device: torch.device, stream: _Stream,
+                 runtime_cache=None):
+        """runtime_cache: TensorRT-RTX only, a callable giving the executor's shared _RuntimeCache for an engine."""
         self.trt = trt
         self.path = path
         self.device = device
@@ -117,9 +145,11 @@ class _Engine:
         # One context per profile; all share one scratch buffer sized for the largest profile.
         scratch = max(int(engine.get_device_memory_size_for_profile_v2(p.index)) for p in self.profiles)
         self.scratch = torch.empty(max(scratch, 1), dtype=torch.uint8, device=device)
+        self.runtime_cache = runtime_cache(engine) if runtime_cache is not None else None
+        self.first_runs: set[int] = set()  # profiles whose kernels were compiled (TensorRT-RTX)
         self.contexts = []
         for p in self.profiles:
-            ctx = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            ctx = self._context()
             if ctx is None:
                 raise RuntimeError(f"TensorRT could not create an execution context for {path.name}")
             ctx.set_device_memory(self.scratch.data_ptr(), self.scratch.numel())
@@ -127,6 +157,15 @@ class _Engine:
                 raise RuntimeError(f"{path.name}: could not select optimization profile {p.index}")
             self.contexts.append(ctx)
         stream.synchronize()
+
+    def _context(self) -> "trt.IExecutionContext":
+        strategy = self.trt.ExecutionContextAllocationStrategy.USER_MANAGED
+        if self.runtime_cache is None:
+            return self.engine.create_execution_context(strategy)
+        config: "trt.IRuntimeConfig" = self.engine.create_runtime_config()
+        config.set_execution_context_allocation_strategy(strategy)
+        config.set_runtime_cache(self.runtime_cache.cache)
+        return self.engine.create_execution_context(config)
 
     @property
     def max_batch(self) -> int:
@@ -155,7 +194,8 @@ class _Engine:
             )
 
     def run(self, feeds: dict[str, torch.Tensor], outs: dict[str, torch.Tensor], b: int, t: int = 1) -> None:
-        ctx: "trt.IExecutionContext" = self.contexts[self.pick(b, t)]
+        profile = self.pick(b, t)
+        ctx: "trt.IExecutionContext" = self.contexts[profile]
         for name, x in feeds.items():
             if not ctx.set_input_shape(name, tuple(x.shape)):
                 raise ValueError(f"{self.path.name}: input {name} of shape {list(x.shape)} is out of the profile")
@@ -167,15 +207,38 @@ class _Engine:
         self.stream.end()
         if not ok:
             raise RuntimeError(f"{self.path.name}: TensorRT execution failed (see the TensorRT log)")
+        if self.runtime_cache is not None and profile not in self.first_runs:
+            self.first_runs.add(profile)
+            self.stream.synchronize()  # the kernels are compiled once the run is done
+            self.runtime_cache.save()
 
     def batch_outputs(self, b: int) -> dict[str, torch.Tensor]:
         """Output buffers of an engine whose only dynamic axis is the leading batch axis."""
         return {n: torch.empty((b, *self.shapes[n][1:]), dtype=self.dtypes[n], device=self.device) for n in self.outputs}
 
 
+def unsupported_gpu(trt, library: TrtLibrary, manifest: dict, name: str, capability: tuple[int, int]) -> str | None:
+    """Why the engines cannot run on this GPU (one line), or None. Datacenter TensorRT engines are built on
+    their GPU; TensorRT-RTX engines run on the compute capabilities they were built for."""
+    if not library.compute_capabilities:
+        return None
+    cap = f"{capability[0]}.{capability[1]}"
+    built_for = manifest.get("compute_capabilities")
+    targets = built_for or [m[2:-1] + "." + m[-1] for m in trt.ComputeCapability.__members__ if m.startswith("SM")]
+    if capability_name(cap) in trt.ComputeCapability.__members__ and (not built_for or cap in built_for):
+        return None
+    if capability_name(cap) not in trt.ComputeCapability.__members__:
+        return (f"{library.label} does not run on {name} (compute capability {cap}; it supports "
+                f"{', '.join(targets)}): build this deployment with `--backend tensorrt` for this GPU")
+    return (f"these {library.label} engines were built for compute capability {', '.join(targets)}, not {name} "
+            f"({cap}): add \"{cap}\" to [build] compute_capabilities and rebuild")
+
+
 def _load_plugins(trt, logger, manifest: dict) -> None:
     """TensorRT's own plugins, and ours where the build's engines hold them: TensorRT must find the
     plugin creators to deserialize (AOT engines then launch the stored PTX without Python)."""
+    if not engine_library(manifest).plugins:
+        return
     trt.init_libnvinfer_plugins(logger, "")
     files = manifest["files"]
     if not (files.get("tree_expand_engine") or files.get("tree_finalize_engine")):
@@ -202,16 +265,23 @@ class TrtExecutor(CacheExecutor):
         *,
         trt=None,
         runtime=None,
+        gpu: tuple[str, tuple[int, int]] | None = None,
     ):
-        """`trt` / `runtime` default to the real TensorRT (CUDA required); tests pass fakes (any device)."""
+        """The library comes from the manifest (`tensorrt_library`). `trt` / `runtime` default to the real
+        library (CUDA required); tests pass fakes (any device) and `gpu` = (name, compute capability)."""
+        library = engine_library(manifest)
         if trt is None:
-            import tensorrt as trt
-
+            trt = library.load()
             if not torch.cuda.is_available():
-                raise RuntimeError("the tensorrt back end needs a CUDA GPU, and torch sees none")
+                raise RuntimeError(f"the {library.backend} back end needs a CUDA GPU, and torch sees none")
         dev = torch.device(device if device and device != "auto" else "cuda")
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", torch.cuda.current_device())
+        if gpu is None and dev.type == "cuda":
+            gpu = (torch.cuda.get_device_name(dev), torch.cuda.get_device_capability(dev))
+        problem = unsupported_gpu(trt, library, manifest, *gpu) if gpu is not None else None
+        if problem:
+            raise ManifestError(problem)
         self.build_dir = Path(build_dir)
         self.manifest = manifest
         self.trt = trt
@@ -219,10 +289,13 @@ class TrtExecutor(CacheExecutor):
         _load_plugins(trt, self.logger, manifest)
         self.runtime = runtime if runtime is not None else trt.Runtime(self.logger)
         self.stream = _Stream(dev)
+        self.runtime_cache = None
 
         def engine(key):
             path = build_file(build_dir, manifest, key)
-            return _Engine(trt, self.runtime, path, dev, self.stream) if path is not None else None
+            if path is None:
+                return None
+            return _Engine(trt, self.runtime, path, dev, self.stream, self._runtime_cache if library.runtime_cache else None)
 
         t, d = engine("target_engine"), engine("drafter_engine")
         self.target, self.drafter = t, d
@@ -263,13 +336,19 @@ class TrtExecutor(CacheExecutor):
         )
         self.reset(1)
 
+    def _runtime_cache(self, engine: "trt.ICudaEngine") -> _RuntimeCache:
+        if self.runtime_cache is None:
+            self.runtime_cache = _RuntimeCache(engine, self.build_dir / RUNTIME_CACHE)
+        return self.runtime_cache
+
     @classmethod
     def from_build_dir(
-        cls, build_dir: str | Path, max_batch: int | None = None, device: str | None = None, **ignored
+        cls, build_dir: str | Path, max_batch: int | None = None, device: str | None = None,
+        backend: str = TENSORRT.backend, **ignored
     ) -> "TrtExecutor":
         build_dir = Path(build_dir)
-        manifest = read_manifest(build_dir)
-        check_tensorrt_version(manifest, build_dir)  # refuses engines of another TensorRT, clearly
+        # refuses engines of another TensorRT library or version, clearly
+        manifest = read_manifest(build_dir, backend=backend)
         return cls(build_dir, manifest, max_batch=max_batch, device=device)
 
     # -- Executor ---------------------------------------------------------------------------------
