@@ -29,7 +29,7 @@ D_KV = LIMITS.max_seq_len + max(t.max_accept + t.drafter_slots for t in TREES.va
 TOP_K = max(t.top_k for t in TREES.values())
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "mixtral"])  # mixtral: MoE experts exported
 def setup(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"ort-{request.param}")
     t = make_target(root / "t", family=request.param)

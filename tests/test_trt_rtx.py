@@ -160,13 +160,7 @@ def test_api_differences_between_the_libraries_for_calls_our_source_uses(rtx):
 REAL_LAYERS = 2  # target decoder layers: two, so caches of more than one layer are indexed and aliased
 
 
-# Found by this test, not yet fixed: in bfloat16 transformers (5.x) runs Mixtral's experts through
-# torch._grouped_mm, which torch's ONNX exporter cannot translate ("Grouped matmul with offsets (ragged/MoE)
-# is not supported"), and its "eager" experts are data-dependent (torch.export refuses them). The failure is
-# in our ONNX export, before TensorRT-RTX sees a graph; strict: this test fails once the export works.
-_MIXTRAL_EXPORT = pytest.mark.xfail(strict=True, reason="bfloat16 Mixtral experts: torch._grouped_mm has no ONNX "
-                                                        "translation (our export, not TensorRT-RTX)")
-REAL_MODELS = [pytest.param(n, marks=_MIXTRAL_EXPORT) if n.startswith("mixtral") else n for n in real_shapes.SHAPES]
+REAL_MODELS = list(real_shapes.SHAPES)
 
 
 @pytest.mark.parametrize("name", REAL_MODELS)

@@ -315,6 +315,7 @@ def export_target(
     """Export `TargetModel` (caches out-of-place) with static cache capacity `kv_len`."""
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown KV flavour {flavour!r}; choose one of {FLAVOURS}")
+    target.use_static_experts()
     device = target.lm_head.weight.device
     # not 1, and all different: torch.export specialises size-1 axes and may merge equal-sized ones
     b, t, r = 2, 3, 4

@@ -61,6 +61,16 @@ class TargetModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.hf.lm_head.weight.dtype
 
+    def use_static_experts(self) -> None:
+        """Run MoE experts with static shapes (transformers' `batched_mm`). Its default, `grouped_mm`,
+        sizes the experts' groups on the host: a CUDA graph cannot capture that, and the ONNX exporter
+        has no translation for it. Same experts, same sums; no effect on dense models."""
+        hf = self.hf
+        if getattr(hf.config, "_experts_implementation", None) not in (None, "batched_mm") and hasattr(
+            hf, "set_experts_implementation"
+        ):
+            hf.set_experts_implementation("batched_mm")
+
     def new_cache(self, batch: int, capacity: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (self.num_layers, batch, self.num_kv_heads, capacity, self.head_dim)
         dev = device or self.hf.lm_head.weight.device

@@ -52,15 +52,6 @@ class CudaGraphed:
         return tuple(o.clone() for o in static_out)  # the next replay overwrites the static outputs
 
 
-def _graph_safe_experts(hf) -> None:
-    """transformers' default MoE experts (`grouped_mm`) size their groups on the host, which a CUDA
-    graph cannot capture; `batched_mm` runs the same experts with static shapes."""
-    if getattr(hf.config, "_experts_implementation", None) not in (None, "batched_mm") and hasattr(
-        hf, "set_experts_implementation"
-    ):
-        hf.set_experts_implementation("batched_mm")
-
-
 class TorchExecutor(Executor):
     def __init__(
         self, pair: ModelPair, target_kv_len: int, drafter_kv_len: int, max_batch: int, cuda_graphs: bool = True
@@ -84,7 +75,7 @@ class TorchExecutor(Executor):
         self._target, self._draft = self._eager_target, self._eager_draft
         if cuda_graphs and device.type == "cuda":
             # Anything up to a tree (or a frontier) is a decode-time shape worth a graph.
-            _graph_safe_experts(pair.target.hf)
+            pair.target.use_static_experts()
             rows = lambda: self.rows  # noqa: E731
             self._target = CudaGraphed(self._eager_target, max_tokens=256, rows=rows)
             self._draft = CudaGraphed(self._eager_draft, max_tokens=256, rows=rows)
