@@ -41,7 +41,7 @@ DEMO_TOKEN_COUNTS = REPO / "griffin_trt" / "demo" / "token_counts.json"
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from step_breakdown import StepBreakdown, format_breakdown  # noqa: E402
+from step_breakdown import format_breakdown, measure_modes  # noqa: E402
 
 from griffin_trt.recipe import TreeConfig, load_recipe  # noqa: E402
 from griffin_trt.runtime import SamplingParams, SpeculativeDecoder, load_runtime  # noqa: E402
@@ -146,7 +146,6 @@ def main(argv: list[str] | None = None) -> int:
     prompts = load_prompts(args.prompts, rt, args.num_prompts)
     if args.sweep:
         return sweep(rt, recipe, trees, prompts, args)
-    breakdown = StepBreakdown(rt.decoder)
     greedy = SamplingParams()
     n_new = min(args.max_new_tokens, recipe.limits.max_output_len)
     for p in prompts[: args.warmup]:
@@ -194,12 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     cats = sorted({r["category"] for r in rows})
     summary = {c: agg([r for r in rows if r["category"] == c]) for c in cats}
     summary["all"] = agg(rows)
-    parts = {}
-    for mode, spec in (("griffin", True), ("plain", False)):
-        stop = breakdown.collect()
-        res = [rt.decoder.generate([p["ids"]], n_new, greedy, speculative=spec)[0] for p in prompts[: args.breakdown_prompts]]
-        parts[mode] = stop()
-        parts[mode]["tokens_per_step"] = sum(len(r.token_ids) - 1 for r in res) / max(1, sum(r.target_forwards for r in res))
+    parts = measure_modes(rt.decoder, [p["ids"] for p in prompts[: args.breakdown_prompts]], n_new)
     summary["all"]["breakdown"] = parts
     summary["all"]["draft_pass_ms"] = parts["griffin"]["per_call_ms"].get("draft_pass")
     env = {

@@ -110,6 +110,20 @@ class StepBreakdown:
         return {"decode_steps": n, "per_step_ms": per_step, "per_call_ms": per_call, "calls_per_step": counts}
 
 
+def measure_modes(decoder, prompts: list[list[int]], new_tokens: int) -> dict[str, dict]:
+    """GRIFFIN and plain decoding of `prompts` (greedy, one at a time), each broken down."""
+    from griffin_trt.runtime import SamplingParams
+
+    bd = StepBreakdown(decoder)
+    out = {}
+    for mode, spec in (("griffin", True), ("plain", False)):
+        stop = bd.collect()
+        res = [decoder.generate([p], new_tokens, SamplingParams(), speculative=spec)[0] for p in prompts]
+        out[mode] = stop()
+        out[mode]["tokens_per_step"] = sum(len(r.token_ids) - 1 for r in res) / max(1, sum(r.target_forwards for r in res))
+    return out
+
+
 def format_breakdown(name: str, s: dict, tokens_per_step: float | None = None) -> list[str]:
     """A few lines of text: ms per step by part with shares, and per-call medians."""
     ps = s.get("per_step_ms") or {}
@@ -154,18 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     rt = load_runtime(recipe, build_dir=args.build_dir, backend=args.backend)
     rows = [json.loads(line) for line in args.prompts.read_text().splitlines() if line.strip()]
     prompts = [rt.encode(r["prompt"]) for r in rows if args.category in (None, r.get("category"))][: args.num_prompts]
-    bd = StepBreakdown(rt.decoder)
     n_new = min(args.max_new_tokens, recipe.limits.max_output_len)
     for p in prompts[:2]:  # warm-up
         for spec in (True, False):
             rt.decoder.generate([p], 8, SamplingParams(), speculative=spec)
-    out = {}
-    for mode, spec in (("griffin", True), ("plain", False)):
-        stop = bd.collect()
-        res = [rt.decoder.generate([p], n_new, SamplingParams(), speculative=spec)[0] for p in prompts]
-        out[mode] = stop()
-        out[mode]["tokens_per_step"] = sum(len(r.token_ids) - 1 for r in res) / max(1, sum(r.target_forwards for r in res))
-        print("\n".join(format_breakdown(f"{mode} ({args.checkout})", out[mode], out[mode]["tokens_per_step"])), flush=True)
+    out = measure_modes(rt.decoder, prompts, n_new)
+    for mode, part in out.items():
+        print("\n".join(format_breakdown(f"{mode} ({args.checkout})", part, part["tokens_per_step"])), flush=True)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
     return 0
