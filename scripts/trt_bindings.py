@@ -53,6 +53,13 @@ KNOWN_SYMBOLS = {
 }
 
 
+def site_env(site: Path, base: dict | None = None) -> dict:
+    """`base` (default: this process's environment) with `site` first on PYTHONPATH."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
 class Unavailable(RuntimeError):
     """The bindings cannot be set up here (no C compiler, or no wheel for this Python); says why."""
 
@@ -64,9 +71,7 @@ class Bindings:
     site: Path  # put first on PYTHONPATH
 
     def env(self, base: dict | None = None) -> dict:
-        env = dict(os.environ if base is None else base)
-        env["PYTHONPATH"] = os.pathsep.join([str(self.site), *filter(None, [env.get("PYTHONPATH")])])
-        return env
+        return site_env(self.site, base)
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:

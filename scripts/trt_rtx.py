@@ -21,6 +21,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from trt_bindings import site_env  # the same PYTHONPATH rule as the datacenter bindings
+
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("GRIFFIN_TRT_RTX_CACHE", REPO / ".cache" / "tensorrt-rtx"))
 MODULE = "tensorrt_rtx"
@@ -36,9 +38,7 @@ class Rtx:
     site: Path  # put first on PYTHONPATH
 
     def env(self, base: dict | None = None) -> dict:
-        env = dict(os.environ if base is None else base)
-        env["PYTHONPATH"] = os.pathsep.join([str(self.site), *filter(None, [env.get("PYTHONPATH")])])
-        return env
+        return site_env(self.site, base)
 
 
 def requirement() -> str:
