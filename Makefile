@@ -11,7 +11,7 @@ TORCH_VERSION ?= 2.13.0
 # (for example https://download.pytorch.org/whl/cpu); empty: the configured index/find-links.
 TORCH_CPU_INDEX ?=
 
-.PHONY: venv engines generate serve bench test test-gpu demo-pair device-wheels device-check clean help
+.PHONY: venv engines generate serve bench test test-gpu demo-pair smollm2-drafter device-wheels device-check clean help
 
 help:
 	@echo "make engines  [RECIPE=build/demo.toml]  build graphs/engines + filled triton_repo"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench    [RECIPE=...] [ARGS=...]   gRPC benchmark: GRIFFIN vs plain decoding"
 	@echo "make generate [ARGS='--prompt ...']     one generation from the command line"
 	@echo "make demo-pair [ARGS='--out DIR']       remake the demo pair from scratch (~1 h on 2 CPU cores)"
+	@echo "make smollm2-drafter [WORK=DIR]         retrain drafters/smollm2-135m-instruct (~1 h on 2 CPU cores)"
 	@echo "make device-wheels                      download the wheels the GPU host lacks into .whl/"
 	@echo "make device-check [OUT=out/device-check] GPU tests + benchmarks, one JSON + markdown (CPU: small shapes)"
 
@@ -56,6 +57,11 @@ test: $(STAMP)
 # Rewrites griffin_trt/demo/{target,drafter,README.md} unless ARGS names another --out; resumable.
 demo-pair: $(STAMP)
 	$(BIN)/python scripts/train_demo.py $(ARGS)
+
+# Rewrites drafters/smollm2-135m-instruct (fetches the target first); resumable from WORK.
+WORK ?= .cache/train/smollm2-135m-instruct
+smollm2-drafter: $(STAMP)
+	$(BIN)/python scripts/train_smollm2.py --work $(WORK) $(ARGS)
 
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "gpu or tensorrt" $(ARGS)

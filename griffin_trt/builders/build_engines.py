@@ -378,6 +378,11 @@ def run_build(args: argparse.Namespace) -> int:
     from ..recipe import load_recipe
 
     recipe_path = args.recipe or Path(__file__).resolve().parents[2] / "build" / "demo.toml"
+    unchecked = load_recipe(recipe_path, check_paths=False)
+    if unchecked.fetch is not None:  # a registry target: fetched (verified, converted) once into the cache
+        from ..fetch import fetch
+
+        fetch(unchecked.fetch, unchecked.target)
     recipe = load_recipe(recipe_path)
     t0 = time.perf_counter()
     try:

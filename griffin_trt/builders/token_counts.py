@@ -70,13 +70,6 @@ def count_generations(runtime, prompts: list[str], max_new_tokens: int, progress
     return counts
 
 
-def coverage(counts: list[int], sizes) -> dict[int, float]:
-    """Share of the counted tokens that the `size` most frequent ids cover."""
-    total = sum(counts) or 1
-    ranked = sorted(counts, reverse=True)
-    return {n: sum(ranked[:n]) / total for n in sizes if n <= len(counts)}
-
-
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "draft-vocab",
@@ -100,7 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..models.checkpoint import read_config
-    from ..models.draft_vocab import write_token_counts
+    from ..models.draft_vocab import coverage, write_token_counts
     from ..recipe import load_recipe
 
     if not args.corpus and not args.from_target:

@@ -66,6 +66,13 @@ def read_token_counts(path: str | Path) -> list[int]:
     return [int(c) for c in counts]
 
 
+def coverage(counts: Sequence[int], sizes) -> dict[int, float]:
+    """Share of the counted tokens that the `size` most frequent ids cover."""
+    total = sum(counts) or 1
+    ranked = sorted(counts, reverse=True)
+    return {n: sum(ranked[:n]) / total for n in sizes if n <= len(counts)}
+
+
 def select_draft_vocab(counts: Sequence[int], size: int) -> torch.Tensor:
     """The `size` most frequent ids (ties: lower id first), ascending, int64."""
     if not 1 <= size <= len(counts):

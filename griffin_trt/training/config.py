@@ -76,6 +76,9 @@ class TrainConfig:
     # --- output and evaluation
     save_dtype: str = _opt("auto", "dtype of the written weights (auto: the target's torch_dtype)",
                            choices=("auto", "float32", "float16", "bfloat16"))
+    include_embedding: bool = _opt(True, "write the embedding (a frozen copy of the target's) into the weights; "
+                                         "--no-include-embedding leaves it out (griffin-trt's loaders take the "
+                                         "target's; GRIFFIN's reference code needs it in)")
     weights_format: str = _opt("bin", "pytorch_model.bin (what the GRIFFIN reference loads) or model.safetensors",
                                choices=("bin", "safetensors"))
     eval_prompts: int = _opt(20, "corpus prompts held out of training, decoded through the runtime at the end (0: skip)")

@@ -7,6 +7,7 @@ need no preparation). Folders are searched recursively for both, in sorted order
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -54,7 +55,8 @@ def _jsonl_prompts(path: Path, tokenizer, chat: bool, max_tokens: int) -> list[l
                                                     tokenize=True)
             else:
                 ids = tokenizer.encode(text, add_special_tokens=True)
-        ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        # transformers 5 returns a BatchEncoding (a Mapping, not a dict) from tokenize=True.
+        ids = list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
         if ids:
             out.append(ids[-max_tokens:])
     return out

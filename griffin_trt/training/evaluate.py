@@ -1,6 +1,7 @@
 """Acceptance length (tau) of a written drafter, measured through the real decoding loop."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -13,6 +14,7 @@ def measure_tau(target: Path, drafter: Path, prompts: list[list[int]], new_token
     from ..recipe import recipe_from_dict
     from ..runtime import SamplingParams, load_runtime
 
+    t0 = time.perf_counter()
     k, depth, total = tree
     recipe = recipe_from_dict({
         "model": {"target": str(target), "drafter": str(drafter), "dtype": dtype},
@@ -38,4 +40,5 @@ def measure_tau(target: Path, drafter: Path, prompts: list[list[int]], new_token
         "max_tau": max(taus),
         "accept_rate_by_depth": [a / forwards if forwards else 0.0 for a in accepted],
         "outputs": outputs,
+        "seconds": time.perf_counter() - t0,
     }

@@ -74,13 +74,15 @@ def new_drafter(config: dict, target_embedding: torch.Tensor, seed: int, device)
     return drafter.to(device)
 
 
-def write_drafter(drafter: GriffinDrafter, config: dict, out: Path, weights_format: str) -> Path:
+def write_drafter(drafter: GriffinDrafter, config: dict, out: Path, weights_format: str,
+                  include_embedding: bool = True) -> Path:
     """Write config.json + weights into `out`, replacing an earlier drafter there only once complete."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
         raise TrainError(f"refusing to write into {out}: it exists and does not hold a drafter (no config.json)")
     dtype = TORCH_DTYPES[config["torch_dtype"]]
-    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in drafter.state_dict().items()}
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in drafter.state_dict().items()
+             if include_embedding or k != "embed_tokens.weight"}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,8 @@ class Trainer:
         self.noise_scale = cfg.noise * 512 / drafter.config.hidden_size
         self._perms: dict[tuple[int, int], torch.Tensor] = {}
         self.history: list[dict] = []
+        self.seconds: list[float] = [0.0] * len(self.stages)  # wall time per stage, across resumed runs
+        self.first_loss: float | None = None  # the current stage's first loss, kept across a resume
 
     # ------------------------------------------------------------------ checkpoints
     def _optimizer(self, stage: Stage):
@@ -70,6 +73,7 @@ class Trainer:
     def save(self, stage_idx: int, step: int, opt) -> None:
         state = {
             "stage": stage_idx, "step": step, "fingerprint": self.fingerprint, "history": self.history,
+            "seconds": self.seconds, "first_loss": self.first_loss,
             "drafter": {k: v for k, v in self.drafter.state_dict().items() if k != "embed_tokens.weight"},
             "optimizer": opt.state_dict() if opt is not None else None,
         }
@@ -90,6 +94,8 @@ class Trainer:
         missing = self.drafter.load_state_dict(state["drafter"], strict=False)
         assert missing.unexpected_keys == [] and missing.missing_keys == ["embed_tokens.weight"], missing
         self.history = state["history"]
+        self.seconds = state.get("seconds", self.seconds)
+        self.first_loss = state.get("first_loss")
         return state["stage"], state["step"], state["optimizer"]
 
     # ------------------------------------------------------------------ data order
@@ -157,13 +163,17 @@ class Trainer:
                 opt_state = None
             bar = tqdm(total=total, initial=step, desc=f"stage {stage_idx + 1}/{len(self.stages)} ({stage.passes} pass"
                        f"{'es' if stage.passes > 1 else ''})", dynamic_ncols=True, disable=cfg.quiet, mininterval=1.0)
-            ema = first_loss = None
+            ema = None
+            if step == 0:
+                self.first_loss = None
             while step < total:
+                t_step = time.perf_counter()
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, total, stage.lr, cfg.warmup)
                 m = self.step(stage_idx, stage, step, opt)
+                self.seconds[stage_idx] += time.perf_counter() - t_step
                 if step == 0:
-                    first_loss = m["loss"]
+                    self.first_loss = m["loss"]
                 ema = m if ema is None else {k: 0.9 * ema[k] + 0.1 * m[k] for k in m}
                 step += 1
                 done_here += 1
@@ -174,7 +184,8 @@ class Trainer:
                 if step % cfg.checkpoint_every == 0 or step == total or stopping:
                     if step == total:
                         self.history.append({"stage": stage_idx + 1, "passes": stage.passes, "steps": total,
-                                             "first_loss": round(first_loss, 5) if first_loss is not None else None,
+                                             "seconds": round(self.seconds[stage_idx], 1),
+                                             "first_loss": None if self.first_loss is None else round(self.first_loss, 5),
                                              **{k: round(v, 5) for k, v in ema.items()}})
                         self.save(stage_idx + 1, 0, None)
                     else:

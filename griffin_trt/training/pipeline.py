@@ -38,7 +38,7 @@ def train(cfg: TrainConfig) -> dict:
     from .corpus import CorpusError, load_prompts
     from .export import drafter_config, new_drafter, write_drafter
     from .loop import Trainer
-    from .selfdistill import generate_data
+    from .selfdistill import generate_data, shard_seconds
     from .shards import DataMismatch, ShardData, check_or_write_meta
 
     t0 = time.time()
@@ -98,8 +98,9 @@ def train(cfg: TrainConfig) -> dict:
     if result["stopped"]:
         return report
     t_train = time.time() - t0 - t_data
-    out = write_drafter(drafter, dcfg, Path(cfg.out), cfg.weights_format)
+    out = write_drafter(drafter, dcfg, Path(cfg.out), cfg.weights_format, cfg.include_embedding)
     report["out"] = str(out)
+    report["token_counts"] = _write_token_counts(trainer.data, hf_cfg.vocab_size, out, len(train_prompts))
     if cfg.eval_prompts:
         from .evaluate import measure_tau
 
@@ -109,11 +110,31 @@ def train(cfg: TrainConfig) -> dict:
         print(f"tau {report['eval']['mean_tau']:.2f} (tokens per target forward, tree {tuple(cfg.tree)}, "
               f"{cfg.eval_prompts} held-out prompts, greedy)", file=sys.stderr)
     report["seconds"] = {"data": round(t_data, 1), "train": round(t_train, 1), "total": round(time.time() - t0, 1)}
+    # Across every (resumed) invocation: the data shards' and the stages' own wall times.
+    report["seconds_all_runs"] = {"data": round(sum(shard_seconds(data_dir).values()), 1),
+                                  **{f"stage_{i + 1}": round(s, 1) for i, s in enumerate(trainer.seconds)}}
+    if "eval" in report:
+        report["seconds_all_runs"]["eval"] = round(report["eval"]["seconds"], 1)
     (work / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     print(f"drafter written to {out}; report: {work / 'report.json'}", file=sys.stderr)
     return report
 
 
+def _write_token_counts(data, vocab_size: int, out: Path, n_prompts: int) -> dict:
+    """out/token_counts.json: the target's output frequencies in the training data, for a recipe's
+    `[model] draft_vocab` (the drafter then drafts among the most frequent ids only)."""
+    from ..models.draft_vocab import coverage, write_token_counts
+
+    counts = data.token_counts(vocab_size)
+    path = write_token_counts(out / TOKEN_COUNTS, counts,
+                              f"griffin-trt train: the target's continuations of {n_prompts} training prompts")
+    cov = coverage(counts, (1024, 4096, 8192, 16384, 32768))
+    return {"file": path.name, "counted_tokens": sum(counts), "ids_seen": sum(c > 0 for c in counts),
+            "top_n_coverage": {str(n): round(c, 4) for n, c in cov.items()}}
+
+
+TOKEN_COUNTS = "token_counts.json"
+
 # Settings that may change between a run and its resumption without changing what is trained.
 _FREE_KEYS = {"work_dir", "out", "checkpoint_every", "stop_after", "quiet", "eval_prompts", "eval_new_tokens",
-              "tree", "weights_format", "save_dtype", "threads", "device", "gen_batch"}
+              "tree", "weights_format", "include_embedding", "save_dtype", "threads", "device", "gen_batch"}

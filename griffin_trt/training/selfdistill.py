@@ -8,6 +8,11 @@ stored: the training loop recomputes them from the features with the target's LM
 """
 from __future__ import annotations
 
+import json
+import os
+import time
+from pathlib import Path
+
 import torch
 from tqdm import tqdm
 
@@ -84,7 +89,27 @@ def generate_data(hf, prompts: list[list[int]], cfg, folder, stop_ids: list[int]
                desc="self-distillation", unit="prompt", disable=cfg.quiet, dynamic_ncols=True)
     for i in todo:
         chunk = prompts[i * size : (i + 1) * size]
+        t0 = time.perf_counter()
         write_shard(folder, i, make_shard(hf, chunk, cfg, stop_ids, pad_id, device, cfg.seed * 1_000_003 + i * 7919))
+        record_shard_seconds(folder, i, time.perf_counter() - t0)
         bar.update(len(chunk))
     bar.close()
     return count
+
+
+TIMING = "timing.json"
+
+
+def record_shard_seconds(folder, i: int, seconds: float) -> None:
+    """Wall time per shard, kept across resumed runs (the data phase's time is their sum)."""
+    path = Path(folder) / TIMING
+    times = shard_seconds(folder)
+    times[str(i)] = round(seconds, 1)
+    tmp = path.with_name(TIMING + ".tmp")
+    tmp.write_text(json.dumps(times, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def shard_seconds(folder) -> dict[str, float]:
+    path = Path(folder) / TIMING
+    return json.loads(path.read_text()) if path.is_file() else {}

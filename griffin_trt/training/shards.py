@@ -72,3 +72,12 @@ class ShardData:
         out["tokens"] = out["tokens"].long()
         out["mask"] = out["mask"].bool()
         return out
+
+    def token_counts(self, vocab_size: int) -> list[int]:
+        """How often each id occurs at the trained (generated) positions: the target's own output
+        frequencies, from which a reduced draft vocabulary is chosen (models/draft_vocab.py)."""
+        counts = torch.zeros(vocab_size, dtype=torch.int64)
+        for f in self.files:
+            tokens, mask = f.get_tensor("tokens").long(), f.get_tensor("mask").bool()
+            counts += torch.bincount(tokens[mask], minlength=vocab_size)[:vocab_size]
+        return counts.tolist()
