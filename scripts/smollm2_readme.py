@@ -60,7 +60,7 @@ griffin-trt train {' '.join(info['train_argv'])}
 
 ## Measured tau (held-out chat prompts, `benchmarks/prompts/chat_heldout.jsonl`, never trained on)
 
-{greedy['all']['prompts']} prompts x 128 new tokens, GRIFFIN's default tree (top_k 10, depth 5, total_tokens 60), torch,
+{greedy['all']['prompts']} prompts x {info['heldout_new_tokens']} new tokens, GRIFFIN's default tree (top_k 10, depth 5, total_tokens 60), torch,
 through the real runtime. tau = tokens per target forward after prefill (bonus token included).
 
 - **Greedy: tau {greedy['all']['tau']:.2f}**; outputs identical to plain decoding in {greedy['identical_to_plain']}/{greedy['all']['prompts']}.
