@@ -25,6 +25,9 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_speculative import parse_tree  # noqa: E402
 
 from griffin_trt.recipe import TreeConfig, load_recipe  # noqa: E402
 from griffin_trt.runtime import SamplingParams, SpeculativeDecoder, load_runtime  # noqa: E402
@@ -40,11 +43,6 @@ def read_prompts(path: Path, tokenizer, chat: bool, n: int | None) -> list[dict]
     return [{"id": r.get("id", str(i)), "category": r.get("category", "all"),
              "ids": chat_ids(tokenizer, r["prompt"]) if chat else tokenizer.encode(r["prompt"], add_special_tokens=True)}
             for i, r in enumerate(rows)]
-
-
-def parse_tree(text: str) -> TreeConfig:
-    k, depth, total = (int(x) for x in text.split(","))
-    return TreeConfig(top_k=k, depth=depth, total_tokens=total)
 
 
 def summarize(results: list, categories: list[str], depth: int) -> dict:
